@@ -1,3 +1,35 @@
-fn main() {
-    println!("testrig");
+//! testrig: runs NixOS VM integration tests outside the Nix sandbox.
+
+mod cli;
+mod driver;
+mod log;
+mod machine;
+mod plan_load;
+mod process;
+mod report;
+mod run_command;
+mod vlan;
+
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let cli = cli::parse();
+    // One thread: the parent-death signal of every child is tied to the thread that forked it, and this one
+    // lives as long as the runner.
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("testrig: cannot start the async runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let code = runtime.block_on(async {
+        match cli.command {
+            cli::Command::Run(args) => run_command::run(args).await,
+        }
+    });
+    ExitCode::from(code)
 }

@@ -1,0 +1,136 @@
+//! The command line. `testrig run` also takes nixos-test-driver's flags (all three generations), so testrig can
+//! stand in for the driver in a derivation; with no subcommand, or when called as `nixos-test-driver`, the
+//! arguments are `run`'s.
+
+use std::path::PathBuf;
+
+use clap::{ArgAction, Args, Parser, Subcommand};
+
+use crate::log::LogFormat;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "testrig",
+    version,
+    about = "Run NixOS VM tests fast, with a result cache keyed on derivation hashes"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run tests: plan files, nixpkgs' driverConfiguration.json, or the old driver's flags.
+    Run(RunArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Plan files (testrig-plan/1 or driverConfiguration.json). With `--start-scripts`, the test script instead.
+    #[arg(value_name = "PLAN")]
+    pub plans: Vec<PathBuf>,
+
+    /// nixpkgs 26.05's driver configuration (driverConfiguration.json).
+    #[arg(short = 'c', long = "config", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// A test script that replaces the plan's.
+    #[arg(long = "test-script", value_name = "PATH", env = "testScript")]
+    pub test_script: Option<PathBuf>,
+
+    /// Start scripts, one per machine (the driver before 26.05; the machine name comes from `run-<name>-vm`).
+    #[arg(long = "start-scripts", num_args = 1.., value_name = "PATH", env = "startScripts", value_delimiter = ' ')]
+    pub start_scripts: Vec<PathBuf>,
+
+    /// Vlans to create (with `--start-scripts`).
+    #[arg(long = "vlans", num_args = 1.., value_name = "N", env = "vlans", value_delimiter = ' ')]
+    pub vlans: Vec<u32>,
+
+    /// Seconds the whole test may take (overrides the plan's).
+    #[arg(long = "global-timeout", value_name = "SECONDS", env = "globalTimeout")]
+    pub global_timeout: Option<u64>,
+
+    /// Where screenshots, copied files and the log go.
+    #[arg(
+        short = 'o',
+        long = "output-directory",
+        alias = "output_directory",
+        value_name = "DIR"
+    )]
+    pub output_directory: Option<PathBuf>,
+
+    /// Keep each machine's state (its disk) between runs.
+    #[arg(short = 'K', long = "keep-vm-state", alias = "keep-machine-state")]
+    pub keep_vm_state: bool,
+
+    /// Write a JUnit XML report.
+    #[arg(long = "junit-xml", value_name = "PATH")]
+    pub junit_xml: Option<PathBuf>,
+
+    /// The Python interpreter for the test script (default: the plan's `python`, else `python3`).
+    #[arg(long = "python", value_name = "PATH", env = "TESTRIG_PYTHON")]
+    pub python: Option<String>,
+
+    /// Seconds from QEMU's start to the guest's backdoor shell before the boot counts as hung.
+    #[arg(long = "boot-timeout", value_name = "SECONDS", default_value_t = 600)]
+    pub boot_timeout: u64,
+
+    /// More log (-v: the runner's own debugging).
+    #[arg(short = 'v', long = "verbose", action = ArgAction::Count)]
+    pub verbose: u8,
+
+    /// Less log (-q: warnings and the result only).
+    #[arg(short = 'q', long = "quiet", action = ArgAction::Count)]
+    pub quiet: u8,
+
+    #[arg(long = "log-format", value_enum, default_value = "human")]
+    pub log_format: LogFormat,
+
+    /// Accepted for compatibility with nixpkgs' driver (which sets its own log level); use -v/-q.
+    #[arg(long = "log-level", value_name = "LEVEL", hide = true)]
+    pub log_level: Option<String>,
+
+    /// Accepted for compatibility with nixpkgs' driver; ignored.
+    #[arg(
+        long = "debug-hook-attach",
+        alias = "debug-hook",
+        value_name = "CMD",
+        hide = true
+    )]
+    pub debug_hook_attach: Option<String>,
+
+    /// Interactive mode of nixpkgs' driver (a Python prompt); not supported yet.
+    #[arg(short = 'I', long = "interactive")]
+    pub interactive: bool,
+}
+
+impl RunArgs {
+    pub fn verbosity(&self) -> i8 {
+        self.verbose as i8 - self.quiet as i8
+    }
+}
+
+const SUBCOMMANDS: &[&str] = &["run", "help", "--help", "-h", "--version", "-V"];
+
+/// Parses the command line, treating `nixos-test-driver ARGS` and `testrig ARGS` without a subcommand as
+/// `testrig run ARGS`.
+pub fn parse() -> Cli {
+    let mut args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let called_as_driver = args
+        .first()
+        .and_then(|a| {
+            std::path::Path::new(a)
+                .file_name()
+                .map(|f| f.to_string_lossy().contains("nixos-test-driver"))
+        })
+        .unwrap_or(false);
+    let has_subcommand = args
+        .get(1)
+        .map(|a| SUBCOMMANDS.contains(&a.to_string_lossy().as_ref()))
+        .unwrap_or(false);
+    if called_as_driver || !has_subcommand {
+        args.insert(1, "run".into());
+    }
+    Cli::parse_from(args)
+}

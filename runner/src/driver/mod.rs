@@ -1,0 +1,10 @@
+//! One run of one test: machines, vlans, the Python process that runs the script, and the outcome.
+
+mod dispatch;
+mod python;
+mod rpc;
+mod run;
+mod session;
+
+pub use run::{run_test, Outcome, RunOptions, RunResult};
+pub use session::SubtestRecord;

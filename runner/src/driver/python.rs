@@ -1,0 +1,60 @@
+//! Starting the Python interpreter that runs the test script with testrig's driver module.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use serde_json::json;
+use tokio::process::Command;
+
+use crate::process::GroupChild;
+use testrig_bridge::python_identifier;
+
+/// The test-script side of the bridge, shipped inside the binary so that a run needs no install step.
+const DRIVER_MODULE: &str = include_str!("../../python/testrig_driver.py");
+
+pub struct PythonSetup<'a> {
+    pub python: &'a str,
+    pub run_dir: &'a Path,
+    pub rpc_socket: &'a Path,
+    pub machines: Vec<&'a str>,
+    pub vlans: &'a [u32],
+    pub test_script_text: &'a str,
+    pub test_script_name: &'a str,
+    pub out_dir: &'a Path,
+}
+
+/// Writes the driver module, the script and the session file into the run dir and starts Python.
+pub fn spawn(setup: &PythonSetup) -> Result<GroupChild> {
+    let module = setup.run_dir.join("testrig_driver.py");
+    std::fs::write(&module, DRIVER_MODULE).context("failed to write the Python driver module")?;
+    let script = setup.run_dir.join("test-script.py");
+    std::fs::write(&script, setup.test_script_text).context("failed to write the test script")?;
+    let session_path: PathBuf = setup.run_dir.join("session.json");
+    let machines: Vec<_> = setup
+        .machines
+        .iter()
+        .map(|name| json!({"name": name, "python_name": python_identifier(name)}))
+        .collect();
+    let session = json!({
+        "protocol": "testrig-rpc/1",
+        "machines": machines,
+        "vlans": setup.vlans,
+        "test_script": script,
+        "test_script_name": setup.test_script_name,
+        "out_dir": setup.out_dir,
+    });
+    std::fs::write(&session_path, session.to_string())
+        .context("failed to write the session file")?;
+
+    let mut command = Command::new(setup.python);
+    command
+        .arg("-u")
+        .arg("-B")
+        .arg(&module)
+        .env("TESTRIG_RPC_SOCKET", setup.rpc_socket)
+        .env("TESTRIG_SESSION", &session_path)
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .stdin(std::process::Stdio::null());
+    GroupChild::spawn(&mut command, "python test script")
+        .with_context(|| format!("failed to start the Python interpreter `{}`", setup.python))
+}

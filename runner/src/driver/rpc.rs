@@ -1,0 +1,50 @@
+//! The runner's end of the Python bridge: a unix socket where each Python thread has a connection, one JSON
+//! request per line, one response per request (see python/PROTOCOL.md).
+
+use std::path::Path;
+use std::sync::Arc;
+
+use serde_json::{json, Value};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::task::JoinSet;
+
+use super::dispatch::{dispatch, Request};
+use super::session::Session;
+
+/// Serves requests until the returned task is aborted (every connection task with it).
+pub fn serve(path: &Path, session: Arc<Session>) -> std::io::Result<tokio::task::JoinHandle<()>> {
+    let listener = UnixListener::bind(path)?;
+    Ok(tokio::spawn(async move {
+        let mut connections = JoinSet::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            connections.spawn(serve_connection(stream, session.clone()));
+        }
+    }))
+}
+
+async fn serve_connection(stream: UnixStream, session: Arc<Session>) {
+    let (read, mut write) = stream.into_split();
+    let mut lines = BufReader::new(read).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        let response = match serde_json::from_str::<Request>(&line) {
+            Ok(request) => {
+                tracing::trace!(op = %request.op, machine = ?request.machine, "python request");
+                match dispatch(&session, &request).await {
+                    Ok(result) => json!({"id": request.id, "ok": result}),
+                    Err(e) => {
+                        json!({"id": request.id, "error": {"kind": e.kind(), "message": e.to_string()}})
+                    }
+                }
+            }
+            Err(e) => {
+                json!({"id": Value::Null, "error": {"kind": "bad_request", "message": format!("malformed request: {e}")}})
+            }
+        };
+        let mut text = response.to_string();
+        text.push('\n');
+        if write.write_all(text.as_bytes()).await.is_err() {
+            break;
+        }
+    }
+}

@@ -1,0 +1,190 @@
+//! Running one loaded plan from start to teardown.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use tokio::signal::unix::{signal, SignalKind};
+
+use super::python::{self, PythonSetup};
+use super::rpc;
+use super::session::{Session, SubtestRecord};
+use crate::log;
+use crate::machine::{Machine, Timeouts, VmConfig};
+use crate::plan_load::LoadedPlan;
+use crate::process::TERMINATE_GRACE;
+use crate::report;
+use crate::vlan::VdeSwitch;
+
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    pub out_dir: PathBuf,
+    /// Where each machine's state dir lives across runs; `None` for a fresh dir per run.
+    pub state_dirs: Option<BTreeMap<String, PathBuf>>,
+    pub junit_xml: Option<PathBuf>,
+    pub python: String,
+    pub timeouts: Timeouts,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Passed,
+    /// The script failed; the message says where and why.
+    Failed(String),
+    TimedOut(Duration),
+    Interrupted(&'static str),
+}
+
+impl Outcome {
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Outcome::Passed => 0,
+            Outcome::Failed(_) | Outcome::TimedOut(_) => 1,
+            Outcome::Interrupted("SIGINT") => 130,
+            Outcome::Interrupted(_) => 143,
+        }
+    }
+}
+
+pub struct RunResult {
+    pub outcome: Outcome,
+    pub duration: Duration,
+    pub subtests: Vec<SubtestRecord>,
+}
+
+/// Runs the test; returns its outcome once every machine, switch and Python process is gone.
+pub async fn run_test(plan: &LoadedPlan, options: &RunOptions) -> Result<RunResult> {
+    let started = Instant::now();
+    let run_dir = tempfile::Builder::new()
+        .prefix("testrig-")
+        .tempdir_in(runtime_dir())
+        .context("failed to create the run's temporary dir")?;
+    let shared_dir = run_dir.path().join("shared-xchg");
+    std::fs::create_dir_all(&shared_dir)?;
+    std::fs::create_dir_all(&options.out_dir)
+        .with_context(|| format!("failed to create output dir {}", options.out_dir.display()))?;
+
+    let mut switches = Vec::new();
+    for &vlan in &plan.plan.vlans {
+        switches.push(VdeSwitch::start(vlan, run_dir.path()).await?);
+    }
+    let vde_sockets: Vec<_> = switches
+        .iter()
+        .map(|s| (s.vlan, s.socket_dir.clone()))
+        .collect();
+
+    let machines: BTreeMap<String, Arc<Machine>> = plan
+        .start_scripts
+        .iter()
+        .map(|(name, script)| {
+            let kept = options.state_dirs.as_ref().and_then(|dirs| dirs.get(name));
+            let config = VmConfig {
+                name: name.clone(),
+                start_script: script.clone(),
+                state_dir: kept
+                    .cloned()
+                    .unwrap_or_else(|| run_dir.path().join(format!("vm-state-{name}"))),
+                shared_dir: shared_dir.clone(),
+                vde_sockets: vde_sockets.clone(),
+                keep_state: kept.is_some(),
+            };
+            (
+                name.clone(),
+                Arc::new(Machine::new(config, options.timeouts)),
+            )
+        })
+        .collect();
+    let session = Arc::new(Session::new(
+        machines,
+        options.out_dir.clone(),
+        shared_dir.clone(),
+    ));
+
+    let rpc_socket = run_dir.path().join("rpc.sock");
+    let server = rpc::serve(&rpc_socket, session.clone())
+        .context("failed to open the Python bridge socket")?;
+    let machine_names: Vec<&str> = plan.start_scripts.keys().map(String::as_str).collect();
+    let mut python = python::spawn(&PythonSetup {
+        python: &options.python,
+        run_dir: run_dir.path(),
+        rpc_socket: &rpc_socket,
+        machines: machine_names,
+        vlans: &plan.plan.vlans,
+        test_script_text: &plan.test_script_text,
+        test_script_name: &plan.test_script_name,
+        out_dir: &options.out_dir,
+    })?;
+
+    let global_timeout = Duration::from_secs(plan.plan.global_timeout);
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let outcome = tokio::select! {
+        status = python.wait() => {
+            let status = status.context("failed to wait for Python")?;
+            let result = session.result.lock().unwrap().clone();
+            match result {
+                Some(r) if r.ok && status.success() => Outcome::Passed,
+                Some(r) if !r.ok => {
+                    if !r.traceback.is_empty() {
+                        log::line(None, r.traceback.trim_end());
+                    }
+                    Outcome::Failed(r.message)
+                }
+                _ => Outcome::Failed(format!("the Python test driver exited ({status}) without reporting a result")),
+            }
+        }
+        _ = tokio::time::sleep(global_timeout) => Outcome::TimedOut(global_timeout),
+        _ = sigint.recv() => Outcome::Interrupted("SIGINT"),
+        _ = sigterm.recv() => Outcome::Interrupted("SIGTERM"),
+    };
+    match &outcome {
+        Outcome::TimedOut(t) => log::line(
+            None,
+            &format!("global timeout of {} seconds reached", t.as_secs()),
+        ),
+        Outcome::Interrupted(sig) => log::line(None, &format!("{sig} received, stopping")),
+        _ => {}
+    }
+
+    teardown(&session, &mut python, server, switches, &outcome).await;
+    let subtests = session.subtests.lock().unwrap().clone();
+    if let Some(path) = &options.junit_xml {
+        report::write_junit(path, &plan.name, &outcome, started.elapsed(), &subtests)
+            .with_context(|| format!("failed to write JUnit report {}", path.display()))?;
+    }
+    drop(run_dir);
+    Ok(RunResult {
+        outcome,
+        duration: started.elapsed(),
+        subtests,
+    })
+}
+
+/// Python first (it may be mid-request), then every machine (synced if the run ended normally), then the
+/// switches. Each step is bounded, so teardown cannot hang.
+async fn teardown(
+    session: &Session,
+    python: &mut crate::process::GroupChild,
+    server: tokio::task::JoinHandle<()>,
+    switches: Vec<VdeSwitch>,
+    outcome: &Outcome,
+) {
+    let _ = python.terminate(TERMINATE_GRACE).await;
+    server.abort();
+    let sync = matches!(outcome, Outcome::Passed | Outcome::Failed(_));
+    let releases = session.machines.values().map(|m| m.release(sync));
+    futures::future::join_all(releases).await;
+    for switch in switches {
+        switch.stop().await;
+    }
+}
+
+/// nixpkgs puts run state in `$XDG_RUNTIME_DIR` when set, else the temp dir; socket paths must stay short.
+fn runtime_dir() -> PathBuf {
+    std::env::var_os("XDG_RUNTIME_DIR")
+        .map(PathBuf::from)
+        .filter(|p| p.is_dir())
+        .unwrap_or_else(std::env::temp_dir)
+}

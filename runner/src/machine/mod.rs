@@ -1,0 +1,16 @@
+//! A QEMU machine of a test, driven through NixOS's guest protocol.
+
+mod console;
+mod error;
+mod handle;
+mod monitor;
+mod qmp;
+mod shell;
+mod vm;
+mod waits;
+
+pub use console::Console;
+pub use error::{OpError, OpResult};
+pub use handle::{Machine, Timeouts};
+pub use shell::{shell_quote, CommandOutput};
+pub use vm::VmConfig;

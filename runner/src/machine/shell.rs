@@ -1,0 +1,229 @@
+//! The host side of NixOS's backdoor shell: a `bash` reading commands from `/dev/hvc0` in the guest.
+//!
+//! One round trip per command. The Python driver sends the command, reads the base64 of its stdout, then sends
+//! `echo ${PIPESTATUS[0]}` and reads the status; here both go in one line, since bash runs them in order and
+//! `PIPESTATUS` still holds the pipeline's statuses when the second command expands it. The guest shell is
+//! stock: nothing here needs more than bash, coreutils `timeout` and `base64`.
+
+use std::io;
+
+use base64::Engine;
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
+
+/// What the guest prints when its backdoor shell is about to read commands.
+pub const READY_MARKER: &str = "Spawning backdoor root shell...";
+
+/// One command's result, stdout byte for byte.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommandOutput {
+    pub status: i32,
+    pub stdout: Vec<u8>,
+}
+
+pub struct Shell<R, W> {
+    reader: BufReader<R>,
+    writer: W,
+    ready: bool,
+}
+
+impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Shell<R, W> {
+    pub fn new(reader: R, writer: W) -> Self {
+        Shell {
+            reader: BufReader::new(reader),
+            writer,
+            ready: false,
+        }
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready
+    }
+
+    /// Reads until the ready marker (anything before it is boot noise). The caller bounds this with a deadline.
+    pub async fn wait_until_ready(&mut self) -> io::Result<()> {
+        let mut line = Vec::new();
+        while !self.ready {
+            line.clear();
+            if self.reader.read_until(b'\n', &mut line).await? == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the shell connection closed before the backdoor was ready",
+                ));
+            }
+            self.ready = String::from_utf8_lossy(&line).contains(READY_MARKER);
+        }
+        Ok(())
+    }
+
+    /// Runs `command` under `set -euo pipefail`, optionally with a guest-side `timeout` (exit status 124 when it
+    /// fires). The caller bounds the call with a host-side deadline, since a command that leaves its stdout open
+    /// (a daemon started without redirection) never lets the reply finish.
+    pub async fn run(
+        &mut self,
+        command: &str,
+        guest_timeout_secs: Option<f64>,
+    ) -> io::Result<CommandOutput> {
+        let line = command_line(command, guest_timeout_secs);
+        self.writer.write_all(line.as_bytes()).await?;
+        self.writer.flush().await?;
+
+        let encoded = self.read_reply_line().await?;
+        let stdout = base64::engine::general_purpose::STANDARD
+            .decode(encoded.trim_end())
+            .map_err(|e| protocol_error(format!("output is not base64 ({e}): {:.80}", encoded)))?;
+        let status_line = self.read_reply_line().await?;
+        let status = status_line.trim().parse().map_err(|_| {
+            protocol_error(format!("expected an exit status, got {status_line:.80}"))
+        })?;
+        Ok(CommandOutput { status, stdout })
+    }
+
+    /// Sends a command whose reply never comes (`poweroff`).
+    pub async fn send_without_reply(&mut self, command: &str) -> io::Result<()> {
+        self.writer
+            .write_all(format!("{command}\n").as_bytes())
+            .await?;
+        self.writer.flush().await
+    }
+
+    async fn read_reply_line(&mut self) -> io::Result<String> {
+        let mut line = Vec::new();
+        if self.reader.read_until(b'\n', &mut line).await? == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the backdoor shell closed its connection",
+            ));
+        }
+        // Only base64 and digits are expected, so a lossy conversion loses nothing that matters.
+        Ok(String::from_utf8_lossy(&line)
+            .trim_end_matches(['\n', '\r'])
+            .to_owned())
+    }
+}
+
+fn protocol_error(message: String) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!("backdoor protocol: {message}"),
+    )
+}
+
+/// The line sent to the guest's bash for one command.
+pub fn command_line(command: &str, guest_timeout_secs: Option<f64>) -> String {
+    let script = shell_quote(&format!("set -euo pipefail; {command}"));
+    let timeout = match guest_timeout_secs {
+        Some(secs) => format!("timeout {secs} "),
+        None => String::new(),
+    };
+    format!("{timeout}bash -c {script} | (base64 -w 0; echo); echo ${{PIPESTATUS[0]}}\n")
+}
+
+/// Quotes a string for a POSIX shell, as Python's `shlex.quote` does.
+pub fn shell_quote(s: &str) -> String {
+    let safe = !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "@%+=:,./-_".contains(c));
+    if safe {
+        s.to_owned()
+    } else {
+        format!("'{}'", s.replace('\'', r#"'"'"'"#))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::process::Stdio;
+    use tokio::process::{Child, ChildStdin, ChildStdout, Command};
+
+    /// A real `bash --norc` reading commands from a pipe, as the guest's reads them from /dev/hvc0.
+    async fn bash_shell() -> (Child, Shell<ChildStdout, ChildStdin>) {
+        let mut child = Command::new("bash")
+            .args([
+                "--norc",
+                "-c",
+                &format!("echo '{READY_MARKER}'; exec bash --norc"),
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let shell = Shell::new(child.stdout.take().unwrap(), child.stdin.take().unwrap());
+        (child, shell)
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn exact_output_and_status() {
+        let (_child, mut shell) = bash_shell().await;
+        shell.wait_until_ready().await.unwrap();
+
+        let out = shell.run("echo hello", None).await.unwrap();
+        assert_eq!(
+            out,
+            CommandOutput {
+                status: 0,
+                stdout: b"hello\n".to_vec()
+            }
+        );
+
+        let out = shell.run("true", None).await.unwrap();
+        assert_eq!(
+            out,
+            CommandOutput {
+                status: 0,
+                stdout: vec![]
+            }
+        );
+
+        let out = shell.run("echo partial; exit 3", None).await.unwrap();
+        assert_eq!(
+            out,
+            CommandOutput {
+                status: 3,
+                stdout: b"partial\n".to_vec()
+            }
+        );
+
+        // set -euo pipefail: a failing step fails the command.
+        let out = shell
+            .run("false | cat; echo unreachable", None)
+            .await
+            .unwrap();
+        assert_eq!(out.status, 1);
+        assert!(out.stdout.is_empty());
+
+        let out = shell
+            .run("echo 'it'\"'\"'s'; printf 'a\\x00\\xff\\r\\nb'", None)
+            .await
+            .unwrap();
+        assert_eq!(out.stdout, b"it's\na\x00\xff\r\nb");
+
+        let out = shell
+            .run("head -c 1500000 /dev/zero | tr '\\0' x", None)
+            .await
+            .unwrap();
+        assert_eq!(out.stdout.len(), 1_500_000);
+        assert!(out.stdout.iter().all(|&b| b == b'x'));
+
+        let out = shell.run("sleep 5", Some(0.2)).await.unwrap();
+        assert_eq!(out.status, 124);
+
+        // The shell is still in step after all that.
+        let out = shell.run("echo $((6 * 7))", None).await.unwrap();
+        assert_eq!(out.stdout, b"42\n");
+    }
+
+    #[test]
+    fn quoting_matches_shlex() {
+        assert_eq!(shell_quote("abc"), "abc");
+        assert_eq!(shell_quote(""), "''");
+        assert_eq!(shell_quote("a b"), "'a b'");
+        assert_eq!(shell_quote("it's"), r#"'it'"'"'s'"#);
+        assert_eq!(
+            command_line("true", Some(5.0)),
+            "timeout 5 bash -c 'set -euo pipefail; true' | (base64 -w 0; echo); echo ${PIPESTATUS[0]}\n"
+        );
+    }
+}

@@ -1,0 +1,250 @@
+//! From what the user named (a plan file, nixpkgs' driverConfiguration.json, or the old driver's flags) to a plan
+//! that can run: validated, with relative paths resolved, the test script read and every start script checked.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use testrig_bridge::{cache_key, parse_plan, sha256_hex, Plan};
+use thiserror::Error;
+
+/// Input the runner cannot use. Always exit status 2, with a message that names what was wrong.
+#[derive(Debug, Error)]
+#[error("{0}")]
+pub struct BadInput(pub String);
+
+fn bad(message: impl Into<String>) -> BadInput {
+    BadInput(message.into())
+}
+
+/// A plan ready to run.
+#[derive(Debug, Clone)]
+pub struct LoadedPlan {
+    pub plan: Plan,
+    /// The test's name: the plan's `name`, else the file's.
+    pub name: String,
+    pub test_script_text: String,
+    /// Where the script came from, for tracebacks.
+    pub test_script_name: String,
+    pub start_scripts: BTreeMap<String, PathBuf>,
+    pub cache_key: String,
+    pub warnings: Vec<String>,
+}
+
+/// Reads a plan or driverConfiguration.json; relative paths in it are relative to the file.
+pub fn load_plan_file(
+    path: &Path,
+    test_script_override: Option<&Path>,
+) -> Result<LoadedPlan, BadInput> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| bad(format!("cannot read plan {}: {e}", path.display())))?;
+    let parsed =
+        parse_plan(&text).map_err(|e| bad(format!("invalid plan {}: {e}", path.display())))?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    let fallback_name = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .filter(|s| s != "driverConfiguration" && s != "plan")
+        .or_else(|| base.file_name().map(|s| s.to_string_lossy().into_owned()))
+        .unwrap_or_else(|| "nixos-test".into());
+    finish(
+        parsed.plan,
+        parsed.warnings,
+        base,
+        &fallback_name,
+        test_script_override,
+    )
+}
+
+/// The pre-26.05 driver's flags: `--start-scripts`, `--vlans`, `--global-timeout` and a test script path.
+pub fn plan_from_flags(
+    start_scripts: &[PathBuf],
+    vlans: &[u32],
+    global_timeout: Option<u64>,
+    test_script: &Path,
+) -> Result<LoadedPlan, BadInput> {
+    let mut vms = serde_json::Map::new();
+    for script in start_scripts {
+        let name = machine_name_from_start_script(script);
+        if vms.contains_key(&name) {
+            return Err(bad(format!("two start scripts are for machine `{name}`")));
+        }
+        vms.insert(
+            name.clone(),
+            serde_json::json!({"name": name, "start_script": script, "vlans": vlans}),
+        );
+    }
+    let document = serde_json::json!({
+        "vms": vms,
+        "vlans": vlans,
+        "global_timeout": global_timeout.unwrap_or(testrig_bridge::DEFAULT_GLOBAL_TIMEOUT),
+        "test_script": test_script,
+    });
+    let parsed = parse_plan(&document.to_string())
+        .map_err(|e| bad(format!("invalid driver arguments: {e}")))?;
+    finish(
+        parsed.plan,
+        parsed.warnings,
+        Path::new("."),
+        "nixos-test",
+        None,
+    )
+}
+
+/// nixpkgs' rule: `run-(.+)-vm$`, else `machine`.
+fn machine_name_from_start_script(path: &Path) -> String {
+    let file = path
+        .file_name()
+        .map(|f| f.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    file.strip_prefix("run-")
+        .and_then(|rest| rest.strip_suffix("-vm"))
+        .filter(|name| !name.is_empty())
+        .unwrap_or("machine")
+        .to_owned()
+}
+
+fn finish(
+    mut plan: Plan,
+    warnings: Vec<String>,
+    base: &Path,
+    fallback_name: &str,
+    test_script_override: Option<&Path>,
+) -> Result<LoadedPlan, BadInput> {
+    if let Some(script) = test_script_override {
+        plan.test_script = Some(script.display().to_string());
+        plan.test_script_text = None;
+    }
+    let (test_script_text, test_script_name) = match (&plan.test_script_text, &plan.test_script) {
+        (Some(text), _) => (text.clone(), "testScript".to_owned()),
+        (None, Some(path)) => {
+            let path = resolve(base, path);
+            let text = std::fs::read_to_string(&path).map_err(|e| {
+                bad(format!(
+                    "cannot read the test script {}: {e}",
+                    path.display()
+                ))
+            })?;
+            (text, path.display().to_string())
+        }
+        (None, None) => unreachable!("validation requires a test script"),
+    };
+
+    let mut start_scripts = BTreeMap::new();
+    for (name, vm) in &plan.vms {
+        let path = resolve(base, &vm.start_script);
+        check_executable(name, &path)?;
+        start_scripts.insert(name.clone(), path);
+    }
+
+    let digests: BTreeMap<String, String> = plan
+        .vms
+        .values()
+        .filter_map(|vm| {
+            let bytes = std::fs::read(resolve(base, &vm.start_script)).ok()?;
+            Some((vm.start_script.clone(), sha256_hex(&bytes)))
+        })
+        .collect();
+    let key = cache_key(&plan, &test_script_text, &|script| {
+        digests.get(script).cloned()
+    });
+
+    Ok(LoadedPlan {
+        name: plan
+            .name
+            .clone()
+            .unwrap_or_else(|| fallback_name.to_owned()),
+        plan,
+        test_script_text,
+        test_script_name,
+        start_scripts,
+        cache_key: key,
+        warnings,
+    })
+}
+
+fn resolve(base: &Path, path: &str) -> PathBuf {
+    let path = Path::new(path);
+    if path.is_absolute() {
+        path.to_owned()
+    } else {
+        base.join(path)
+    }
+}
+
+fn check_executable(machine: &str, path: &Path) -> Result<(), BadInput> {
+    let meta = std::fs::metadata(path).map_err(|e| {
+        let hint = if path.starts_with("/nix/store") && e.kind() == std::io::ErrorKind::NotFound {
+            " (not built yet? `nix-store --realise` its derivation, or let `testrig run` evaluate the test)"
+        } else {
+            ""
+        };
+        bad(format!("machine `{machine}`: start script {}: {e}{hint}", path.display()))
+    })?;
+    if !meta.is_file() || meta.permissions().mode() & 0o111 == 0 {
+        return Err(bad(format!(
+            "machine `{machine}`: start script {} is not an executable file",
+            path.display()
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn machine_names_from_start_scripts() {
+        assert_eq!(
+            machine_name_from_start_script(Path::new("/nix/store/x/bin/run-server-vm")),
+            "server"
+        );
+        assert_eq!(
+            machine_name_from_start_script(Path::new("/x/run-my-vm-vm")),
+            "my-vm"
+        );
+        assert_eq!(
+            machine_name_from_start_script(Path::new("/x/start")),
+            "machine"
+        );
+    }
+
+    #[test]
+    fn names_the_missing_or_unusable_start_script() {
+        let dir = tempfile::tempdir().unwrap();
+        let plan = dir.path().join("plan.json");
+        let write = |vms: &str| {
+            std::fs::write(
+                &plan,
+                format!(r#"{{"test_script_text": "pass", "vms": {{{vms}}}}}"#),
+            )
+            .unwrap();
+        };
+        write(r#""a": {"name": "a", "start_script": "run-a-vm"}"#);
+        let err = load_plan_file(&plan, None).unwrap_err().to_string();
+        assert!(
+            err.contains("machine `a`: start script") && err.contains("No such file"),
+            "{err}"
+        );
+
+        std::fs::write(dir.path().join("run-a-vm"), "#!/bin/sh\n").unwrap();
+        let err = load_plan_file(&plan, None).unwrap_err().to_string();
+        assert!(err.contains("is not an executable file"), "{err}");
+
+        std::fs::set_permissions(
+            dir.path().join("run-a-vm"),
+            std::fs::Permissions::from_mode(0o755),
+        )
+        .unwrap();
+        let loaded = load_plan_file(&plan, None).unwrap();
+        assert_eq!(loaded.start_scripts["a"], dir.path().join("run-a-vm"));
+
+        // Local start scripts are keyed by content.
+        std::fs::write(dir.path().join("run-a-vm"), "#!/bin/sh\n# changed\n").unwrap();
+        assert_ne!(
+            load_plan_file(&plan, None).unwrap().cache_key,
+            loaded.cache_key
+        );
+    }
+}
