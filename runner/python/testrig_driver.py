@@ -1,0 +1,862 @@
+"""testrig's Python side of the testrig-rpc/1 bridge (see PROTOCOL.md beside this file).
+
+The runner starts `python3 -u -B testrig_driver.py`; this module connects to the runner, builds the globals a
+nixpkgs NixOS test script expects (`start_all`, `machine`, `subtest`, `t`, ...), runs the script and reports the
+outcome. Python is only the script language: every Machine method is one JSON request to the runner, which owns
+the VMs, their sockets, every timeout and the log. Standard library only; Python 3.9 or newer.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import linecache
+import os
+import re
+import socket
+import sys
+import threading
+import time
+import traceback
+import unittest
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Callable, ContextManager, NoReturn, Optional, overload
+
+PROTOCOL = "testrig-rpc/1"
+
+# A timeout as the protocol carries it: seconds, or None for the runner's default.
+Timeout = Optional[float]
+# A polling condition: it holds unless it raises or returns a false value other than None.
+ConditionFn = Callable[[], Any]
+
+
+# --- errors a test script can see -------------------------------------------------------------------------------
+
+
+class TestScriptError(Exception):
+    """Base of the errors that mean "the test failed" rather than "the driver is broken" (as in nixpkgs)."""
+
+
+class RequestedAssertionFailed(TestScriptError):
+    """An assertion the script asked for failed: a `t.assert*`, a `retry` that ran out of time."""
+
+
+class MachineError(RequestedAssertionFailed):
+    """The runner reported a failed or timed-out machine operation; the message is the runner's."""
+
+
+class PollingConditionError(TestScriptError):
+    """A polling condition that was due failed before a machine command."""
+
+
+class NotSupportedByTestrig(NotImplementedError):
+    """A nixpkgs driver API that testrig does not implement (yet)."""
+
+
+class RunnerConnectionLost(Exception):
+    """The runner closed the connection or answered something that is not testrig-rpc/1."""
+
+
+# --- the connection to the runner -------------------------------------------------------------------------------
+
+
+def exit_runner_gone(message: str) -> NoReturn:
+    """Leave the process at once: without the runner no machine call can succeed, and an exception could be
+    swallowed by a script's `except Exception` inside a retry loop, which would hang the test."""
+    sys.stderr.write(f"testrig_driver: {message}; exiting\n")
+    sys.stderr.flush()
+    os._exit(1)
+
+
+class _Connection:
+    """One unix stream connection: one request, then one response, in order."""
+
+    def __init__(self, socket_path: str) -> None:
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            self._sock.connect(socket_path)
+        except OSError:
+            self._sock.close()
+            raise
+        self._reader = self._sock.makefile("rb")
+        self._last_id = 0
+
+    def exchange(self, op: str, args: dict[str, Any], machine: str | None) -> dict[str, Any]:
+        self._last_id += 1
+        request: dict[str, Any] = {"id": self._last_id, "op": op, "args": args}
+        if machine is not None:
+            request["machine"] = machine
+        self._sock.sendall(json.dumps(request).encode("utf-8") + b"\n")
+        line = self._reader.readline()
+        if not line.endswith(b"\n"):
+            raise RunnerConnectionLost("the runner closed the connection")
+        try:
+            response = json.loads(line)
+        except ValueError as e:
+            raise RunnerConnectionLost(f"the runner sent a malformed response ({e}): {line[:200]!r}") from None
+        if not isinstance(response, dict) or response.get("id") != self._last_id:
+            raise RunnerConnectionLost(f"the runner answered request {self._last_id} with {line[:200]!r}")
+        return response
+
+    def close(self) -> None:
+        self._reader.close()
+        self._sock.close()
+
+
+class RpcClient:
+    """Sends requests to the runner. Each thread has its own connection, so a thread blocked in a long wait
+    does not block another."""
+
+    def __init__(self, socket_path: str, on_lost: Callable[[str], NoReturn] = exit_runner_gone) -> None:
+        self._socket_path = socket_path
+        self._on_lost = on_lost
+        self._local = threading.local()
+        self._all: list[_Connection] = []
+        self._lock = threading.Lock()
+
+    def _connection(self) -> _Connection:
+        connection: _Connection | None = getattr(self._local, "connection", None)
+        if connection is None:
+            connection = _Connection(self._socket_path)
+            self._local.connection = connection
+            with self._lock:
+                self._all.append(connection)
+        return connection
+
+    def _connection_or_lost(self, op: str) -> _Connection:
+        try:
+            return self._connection()
+        except OSError as e:
+            self._on_lost(f"cannot connect to the testrig runner at {self._socket_path} (for {op!r}): {e}")
+
+    def _forget(self, connection: _Connection) -> None:
+        self._local.connection = None
+        with self._lock:
+            self._all.remove(connection)
+        connection.close()
+
+    def connect(self) -> None:
+        """Open this thread's connection now, so a runner that is already gone is noticed before the script runs."""
+        self._connection_or_lost("connect")
+
+    def call(self, op: str, args: dict[str, Any] | None = None, machine: str | None = None) -> Any:
+        """Send one request and return its `ok` value; raise MachineError or RuntimeError for an `error`."""
+        connection = self._connection_or_lost(op)
+        try:
+            response = connection.exchange(op, args or {}, machine)
+        except (OSError, RunnerConnectionLost) as e:
+            self._on_lost(f"lost the connection to the testrig runner at {self._socket_path} during {op!r}: {e}")
+        except BaseException:
+            # Interrupted (KeyboardInterrupt) between request and response: the answer would arrive out of turn,
+            # so this connection is dropped and the next request opens a new one.
+            self._forget(connection)
+            raise
+        if "error" in response:
+            raise _error_from_response(response["error"])
+        return response.get("ok")
+
+    def close(self) -> None:
+        with self._lock:
+            for connection in self._all:
+                connection.close()
+            self._all.clear()
+        self._local = threading.local()
+
+
+def _error_from_response(error: Any) -> Exception:
+    if not isinstance(error, dict):
+        return RuntimeError(f"testrig runner: malformed error {error!r}")
+    kind = error.get("kind")
+    message = str(error.get("message", ""))
+    if kind in ("failure", "timeout"):
+        return MachineError(message)
+    if kind == "bad_request":
+        return RuntimeError(f"testrig runner rejected the request: {message}")
+    return RuntimeError(f"testrig runner error of unknown kind {kind!r}: {message}")
+
+
+def decode_output(output_b64: str) -> str:
+    """Guest output bytes as a str that `.encode("utf-8", "surrogateescape")` turns back into the exact bytes."""
+    return base64.b64decode(output_b64).decode("utf-8", "surrogateescape")
+
+
+# --- logging -----------------------------------------------------------------------------------------------------
+
+
+class Logger:
+    """The `log` global: every line goes to the runner's log, which owns formatting and timing."""
+
+    def __init__(self, client: RpcClient) -> None:
+        self._client = client
+
+    def log(self, message: str, attributes: dict[str, str] | None = None) -> None:
+        self._client.call("log", {"message": _with_machine(message, attributes)})
+
+    def info(self, message: str, attributes: dict[str, str] | None = None) -> None:
+        self.log(message, attributes)
+
+    def warning(self, message: str, attributes: dict[str, str] | None = None) -> None:
+        self.log(f"warning: {message}", attributes)
+
+    def error(self, message: str, attributes: dict[str, str] | None = None) -> None:
+        self.log(f"error: {message}", attributes)
+
+    def log_test_error(self, message: str, attributes: dict[str, str] | None = None) -> None:
+        self.error(message, attributes)
+
+    def log_serial(self, message: str, machine: str) -> None:
+        self.log(f"{machine} # {message}")
+
+    def print_serial_logs(self, enable: bool) -> None:
+        self.log(f"serial output on stdout {'on' if enable else 'off'}: ignored, the testrig runner logs it")
+
+    @contextmanager
+    def nested(self, message: str, attributes: dict[str, str] | None = None) -> Iterator[None]:
+        """A timed section of the log (`(finished: <message>, in N.NN seconds)`)."""
+        self._client.call("nested_begin", {"message": _with_machine(message, attributes)})
+        try:
+            yield
+        finally:
+            self._client.call("nested_end", {})
+
+    @contextmanager
+    def subtest(self, name: str, attributes: dict[str, str] | None = None) -> Iterator[None]:
+        """One JUnit testcase; an exception inside is reported and propagates (the test fails)."""
+        self._client.call("subtest_begin", {"name": name})
+        try:
+            yield
+        except BaseException as e:
+            self._client.call("subtest_end", {"name": name, "ok": False, "message": _describe(e)})
+            raise
+        self._client.call("subtest_end", {"name": name, "ok": True, "message": None})
+
+
+def _with_machine(message: str, attributes: dict[str, str] | None) -> str:
+    machine = (attributes or {}).get("machine")
+    return f"{machine}: {message}" if machine else message
+
+
+def _describe(e: BaseException) -> str:
+    text = str(e)
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
+# --- retry and polling conditions ---------------------------------------------------------------------------------
+
+
+class Clock:
+    """Monotonic time and sleep; replaced by a fake in the unit tests."""
+
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+    def sleep(self, seconds: float) -> None:
+        time.sleep(seconds)
+
+
+CLOCK = Clock()
+
+
+def retry(fn: Callable[[bool], Any], timeout_seconds: float = 900) -> None:
+    """Call `fn(False)` once a second until it returns true or `timeout_seconds` have passed, then `fn(True)`
+    once (the last try, when `fn` may print diagnostics); raise RequestedAssertionFailed if that fails too."""
+    start = CLOCK.monotonic()
+    while CLOCK.monotonic() - start < timeout_seconds:
+        if fn(False):
+            return
+        CLOCK.sleep(1)
+    elapsed = CLOCK.monotonic() - start
+    if not fn(True):
+        raise RequestedAssertionFailed(
+            f"action timed out after {elapsed:.2f} seconds (timeout={timeout_seconds})"
+        )
+
+
+class PollingCondition:
+    """A check that must hold while it is active: run before a machine command when it is overdue."""
+
+    def __init__(
+        self,
+        condition: ConditionFn,
+        logger: Logger,
+        seconds_interval: float = 2.0,
+        description: str | None = None,
+    ) -> None:
+        self.condition = condition
+        self.logger = logger
+        self.seconds_interval = seconds_interval
+        self.description: str = (
+            str(description) if description is not None
+            else condition.__doc__ or str(getattr(condition, "__name__", repr(condition)))
+        )
+        self.last_called = float("-inf")
+        self.entry_count = 0
+
+    @property
+    def overdue(self) -> bool:
+        return self.last_called + self.seconds_interval < CLOCK.monotonic()
+
+    @property
+    def entered(self) -> bool:
+        return self.entry_count > 0
+
+    def __enter__(self) -> None:
+        self.entry_count += 1
+
+    def __exit__(self, *_: object) -> None:
+        self.entry_count -= 1
+        self.last_called = CLOCK.monotonic()
+
+    def check(self, force: bool = False) -> bool:
+        """Run the condition if forced, or if it is overdue and not already running (it may itself call machine
+        methods, which check conditions). Raising or returning a false value other than None is a failure."""
+        if not force and (self.entered or not self.overdue):
+            return True
+        with self, self.logger.nested(f"Checking polling condition {self.description!r}"):
+            since = CLOCK.monotonic() - self.last_called
+            self.logger.info(f"Time since last: {since:.2f}s" if since != float("inf") else "(not called yet)")
+            try:
+                result = self.condition()
+            except Exception as e:
+                self.logger.info(f"condition raised {_describe(e)}")
+                result = False
+            ok = result is None or bool(result)
+            self.logger.info(self.status_message(ok))
+            return ok
+
+    def maybe_raise(self) -> None:
+        if not self.check():
+            raise PollingConditionError(self.status_message(False))
+
+    def status_message(self, ok: bool) -> str:
+        return f"Polling condition {'succeeded' if ok else 'failed'}: {self.description}"
+
+
+class Poll:
+    """What `polling_condition` makes of a function: a context manager activating the condition, with `wait`."""
+
+    def __init__(self, driver: Driver, fun: ConditionFn, seconds_interval: float,
+                 description: str | None) -> None:
+        self._driver = driver
+        self.condition = PollingCondition(fun, driver.logger, seconds_interval, description)
+
+    def __enter__(self) -> None:
+        self._driver.polling_conditions.append(self.condition)
+
+    def __exit__(self, *_: object) -> None:
+        removed = self._driver.polling_conditions.pop()
+        assert removed is self.condition, "polling conditions must be left in the order they were entered"
+
+    def wait(self, timeout: float = 900) -> None:
+        """Wait until the condition holds (retry semantics: once a second, then a last try)."""
+        logger = self._driver.logger
+
+        def holds(last: bool) -> bool:
+            if last:
+                logger.info(f"Last chance for {self.condition.description}")
+            ok = self.condition.check(force=True)
+            if not ok and not last:
+                logger.info(f"({self.condition.description} failure not fatal yet)")
+            return ok
+
+        with logger.nested(f"waiting for {self.condition.description}"):
+            retry(holds, timeout_seconds=timeout)
+
+
+# --- machines -----------------------------------------------------------------------------------------------------
+
+
+def pythonize_name(name: str) -> str:
+    """The global variable name nixpkgs gives a machine."""
+    return re.sub(r"^[^A-Za-z_]|[^A-Za-z0-9_]", "_", name)
+
+
+def _unsupported(method: str) -> Callable[..., NoReturn]:
+    def method_not_supported(self: Machine, *args: Any, **kwargs: Any) -> NoReturn:
+        raise NotSupportedByTestrig(f"Machine.{method}() is not supported by testrig yet (machine {self.name!r})")
+
+    method_not_supported.__name__ = method
+    method_not_supported.__doc__ = "Not supported by testrig yet: raises NotSupportedByTestrig."
+    return method_not_supported
+
+
+class Machine:
+    """A handle to one VM of the test. Each method is one request to the runner, which logs it as a timed section.
+
+    Before every method that runs a guest or monitor command, the active polling conditions that are overdue are
+    checked (nixpkgs does this in `execute` and `send_monitor_command`). Lifecycle and console-log methods
+    (`start`, `shutdown`, `is_up`, `wait_for_shutdown`, `release`, `wait_for_console_text`, `get_console_log`,
+    `send_console`, `connect`) do not check them, as in nixpkgs.
+    """
+
+    def __init__(self, name: str, client: RpcClient, logger: Logger, out_dir: Path,
+                 callbacks: list[Callable[[], None]] | None = None) -> None:
+        self.name = name
+        self.out_dir = out_dir
+        self.callbacks: list[Callable[[], None]] = callbacks if callbacks is not None else []
+        self._client = client
+        self.logger = logger
+
+    def __repr__(self) -> str:
+        return f"<Machine '{self.name}'>"
+
+    def _call(self, op: str, args: dict[str, Any] | None = None, *, check_conditions: bool = True) -> Any:
+        if check_conditions:
+            self.run_callbacks()
+        return self._client.call(op, args or {}, machine=self.name)
+
+    def run_callbacks(self) -> None:
+        for callback in self.callbacks:
+            callback()
+
+    # logging
+
+    def log(self, msg: str) -> None:
+        self.logger.log(msg, {"machine": self.name})
+
+    def nested(self, msg: str, attrs: dict[str, str] | None = None) -> ContextManager[None]:
+        return self.logger.nested(msg, {**(attrs or {}), "machine": self.name})
+
+    # lifecycle
+
+    def start(self, allow_reboot: bool = False) -> None:
+        """Start the VM; returns once QEMU runs, before the guest has booted."""
+        self._call("start", {"allow_reboot": allow_reboot}, check_conditions=False)
+
+    def shutdown(self) -> None:
+        """`poweroff` in the guest, then wait for QEMU to exit."""
+        self._call("shutdown", check_conditions=False)
+
+    def crash(self) -> None:
+        """Simulate a power failure (monitor `quit`)."""
+        self._call("crash")
+
+    def reboot(self) -> None:
+        """Press Ctrl+Alt+Delete; the next command waits for the backdoor shell again (start with
+        `allow_reboot=True` for the guest to come back)."""
+        self._call("reboot")
+
+    def is_up(self) -> bool:
+        return bool(self._call("is_up", check_conditions=False))
+
+    def wait_for_shutdown(self) -> None:
+        self._call("wait_for_shutdown", check_conditions=False)
+
+    def connect(self) -> None:
+        """Wait until the backdoor shell is ready (starting the machine if needed). The runner connects by
+        itself before any command; this runs `true` in the guest to wait for that point."""
+        self._call("execute", {"command": "true", "timeout": None, "check_output": True, "check_return": True},
+                   check_conditions=False)
+
+    def release(self) -> None:
+        """Terminate the VM without a clean shutdown."""
+        self._call("release", check_conditions=False)
+
+    # commands
+
+    def execute(self, command: str, check_return: bool = True, check_output: bool = True,
+                timeout: Timeout = 900) -> tuple[int, str]:
+        """Run `command` in the guest shell (with `set -euo pipefail`); return (exit status, stdout).
+        Without check_output the status is -2 and the output empty; without check_return the status is -1."""
+        result = self._call("execute", {"command": command, "timeout": timeout, "check_output": check_output,
+                                        "check_return": check_return})
+        if not check_output:
+            return (-2, "")
+        output = decode_output(result["output_b64"])
+        if not check_return:
+            return (-1, output)
+        return (int(result["status"]), output)
+
+    def succeed(self, *commands: str, timeout: Timeout = None) -> str:
+        """Run each command, failing the test on the first non-zero exit status; return the outputs joined."""
+        result = self._call("succeed", {"commands": list(commands), "timeout": timeout})
+        return decode_output(result["output_b64"])
+
+    def fail(self, *commands: str, timeout: Timeout = None) -> str:
+        """Like `succeed`, but each command must exit non-zero."""
+        result = self._call("fail", {"commands": list(commands), "timeout": timeout})
+        return decode_output(result["output_b64"])
+
+    def wait_until_succeeds(self, command: str, timeout: Timeout = 900) -> str:
+        result = self._call("wait_until_succeeds", {"command": command, "timeout": timeout})
+        return decode_output(result["output_b64"])
+
+    def wait_until_fails(self, command: str, timeout: Timeout = 900) -> str:
+        result = self._call("wait_until_fails", {"command": command, "timeout": timeout})
+        return decode_output(result["output_b64"])
+
+    def sleep(self, secs: float) -> None:
+        """Sleep in guest time."""
+        self._call("sleep", {"secs": secs})
+
+    # systemd
+
+    def systemctl(self, q: str, user: str | None = None) -> tuple[int, str]:
+        result = self._call("systemctl", {"q": q, "user": user})
+        return (int(result["status"]), decode_output(result["output_b64"]))
+
+    def start_job(self, jobname: str, user: str | None = None) -> tuple[int, str]:
+        return self.systemctl(f"start {jobname}", user)
+
+    def stop_job(self, jobname: str, user: str | None = None) -> tuple[int, str]:
+        return self.systemctl(f"stop {jobname}", user)
+
+    def wait_for_unit(self, unit: str, user: str | None = None, timeout: Timeout = 900) -> None:
+        self._call("wait_for_unit", {"unit": unit, "user": user, "timeout": timeout})
+
+    def get_unit_info(self, unit: str, user: str | None = None) -> dict[str, str]:
+        return dict(self._call("get_unit_info", {"unit": unit, "user": user}))
+
+    def get_unit_property(self, unit: str, property: str, user: str | None = None) -> str:
+        return str(self._call("get_unit_property", {"unit": unit, "property": property, "user": user}))
+
+    def require_unit_state(self, unit: str, require_state: str = "active") -> None:
+        self._call("require_unit_state", {"unit": unit, "state": require_state})
+
+    # waiting
+
+    def wait_for_file(self, filename: str, timeout: Timeout = 900) -> None:
+        self._call("wait_for_file", {"path": filename, "timeout": timeout})
+
+    def wait_for_open_port(self, port: int, addr: str = "localhost", timeout: Timeout = 900) -> None:
+        self._call("wait_for_open_port", {"port": port, "addr": addr, "timeout": timeout})
+
+    def wait_for_closed_port(self, port: int, addr: str = "localhost", timeout: Timeout = 900) -> None:
+        self._call("wait_for_closed_port", {"port": port, "addr": addr, "timeout": timeout})
+
+    def wait_for_open_unix_socket(self, addr: str, is_datagram: bool = False, timeout: Timeout = 900) -> None:
+        self._call("wait_for_open_unix_socket", {"path": addr, "is_datagram": is_datagram, "timeout": timeout})
+
+    def wait_for_console_text(self, regex: str, timeout: Timeout = None) -> str:
+        """Wait until `regex` matches the serial console output; return the matched text."""
+        return str(self._call("wait_for_console_text", {"regex": regex, "timeout": timeout},
+                              check_conditions=False))
+
+    def get_console_log(self) -> str:
+        return str(self._call("get_console_log", check_conditions=False))
+
+    # monitor, screen and keys
+
+    def send_monitor_command(self, command: str) -> str:
+        return str(self._call("send_monitor_command", {"command": command}))
+
+    def screenshot(self, filename: str) -> str:
+        """Save the screen as PNG in the output dir; return its path."""
+        return str(self._call("screenshot", {"name": filename}))
+
+    def send_key(self, key: str, delay: float | None = 0.01, log: bool | None = True) -> None:
+        """Press a key (QEMU `sendkey` syntax, or a single character)."""
+        self._call("send_key", {"key": key})
+        if delay is not None:
+            CLOCK.sleep(delay)
+
+    def send_chars(self, chars: str, delay: float | None = 0.01) -> None:
+        """Type `chars` on the virtual keyboard (the runner paces the keys)."""
+        self._call("send_chars", {"chars": chars})
+
+    def send_console(self, chars: str) -> None:
+        """Write `chars` to QEMU's stdin (the serial console)."""
+        self._call("send_console", {"chars": chars}, check_conditions=False)
+
+    def forward_port(self, host_port: int = 8080, guest_port: int = 80) -> None:
+        self._call("forward_port", {"host_port": host_port, "guest_port": guest_port})
+
+    def block(self) -> None:
+        """Unplug the cable of the first vlan NIC."""
+        self._call("block")
+
+    def unblock(self) -> None:
+        self._call("unblock")
+
+    # files
+
+    def copy_from_host(self, source: str, target: str) -> None:
+        """Copy a host file or directory to `target` in the guest (through the shared dir)."""
+        self._call("copy_from_host", {"source": os.path.abspath(source), "target": target})
+
+    def copy_from_host_via_shell(self, source: str, target: str) -> None:
+        """Copy a host file into the guest through the shell, without the shared dir."""
+        with open(source, "rb") as f:
+            content = base64.b64encode(f.read()).decode("ascii")
+        self.succeed(f"mkdir -p $(dirname {target})", f"echo -n {content} | base64 -d > {target}")
+
+    def copy_from_machine(self, source: str, target_dir: str = "") -> None:
+        """Copy a guest file or directory into `target_dir` relative to the output dir."""
+        self._call("copy_from_machine", {"source": source, "target_dir": target_dir})
+
+    def copy_from_vm(self, source: str, target_dir: str = "") -> None:
+        """Old name of `copy_from_machine`."""
+        self.copy_from_machine(source, target_dir)
+
+    # not supported yet
+
+    wait_for_x = _unsupported("wait_for_x")
+    wait_for_window = _unsupported("wait_for_window")
+    get_window_names = _unsupported("get_window_names")
+    get_screen_text = _unsupported("get_screen_text")
+    get_screen_text_variants = _unsupported("get_screen_text_variants")
+    wait_for_text = _unsupported("wait_for_text")
+    get_tty_text = _unsupported("get_tty_text")
+    wait_until_tty_matches = _unsupported("wait_until_tty_matches")
+    dump_tty_contents = _unsupported("dump_tty_contents")
+    wait_for_qmp_event = _unsupported("wait_for_qmp_event")
+    switch_root = _unsupported("switch_root")
+    shell_interact = _unsupported("shell_interact")
+    console_interact = _unsupported("console_interact")
+
+
+BaseMachine = Machine  # nixpkgs exposes BaseMachine to scripts for type annotations
+
+
+class VLan:
+    """A vlan of the test; the runner owns its switch."""
+
+    def __init__(self, nr: int) -> None:
+        self.nr = nr
+
+    def __repr__(self) -> str:
+        return f"<VLan {self.nr}>"
+
+
+class AssertionTester(unittest.TestCase):
+    """The `t` global: unittest assertions whose failures are test failures."""
+
+    failureException = RequestedAssertionFailed
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.maxDiff = None
+
+
+class DebugNop:
+    """The `debug` global: testrig has no debug hook, so `breakpoint()` only logs."""
+
+    def __init__(self, logger: Logger) -> None:
+        self._logger = logger
+
+    def breakpoint(self, host: str = "127.0.0.1", port: int = 4444) -> None:
+        self._logger.warning("debug.breakpoint() is not supported by testrig; continuing")
+
+
+# --- the session and the driver -------------------------------------------------------------------------------------
+
+
+class Session:
+    """The runner's description of this run (the `TESTRIG_SESSION` file)."""
+
+    def __init__(self, data: dict[str, Any]) -> None:
+        if data.get("protocol") != PROTOCOL:
+            raise ValueError(f"session protocol is {data.get('protocol')!r}, this driver speaks {PROTOCOL!r}")
+        self.machines: list[tuple[str, str]] = [
+            (str(m["name"]), str(m.get("python_name") or pythonize_name(str(m["name"])))) for m in data["machines"]
+        ]
+        self.vlans: list[int] = [int(v) for v in data.get("vlans", [])]
+        self.test_script_path = str(data["test_script"])
+        self.test_script_name = str(data.get("test_script_name") or "testScript")
+        self.out_dir = Path(data.get("out_dir") or os.getcwd())
+
+    @classmethod
+    def load(cls, path: str) -> Session:
+        with open(path, encoding="utf-8") as f:
+            return cls(json.load(f))
+
+    def read_test_script(self) -> str:
+        with open(self.test_script_path, encoding="utf-8") as f:
+            return f.read()
+
+
+class Driver:
+    """The `driver` global: machines, vlans, polling conditions, and running the test script."""
+
+    def __init__(self, client: RpcClient, machines: list[tuple[str, str]], vlans: list[int], test_script: str,
+                 test_script_name: str, out_dir: Path) -> None:
+        self.client = client
+        self.logger = Logger(client)
+        self.debug = DebugNop(self.logger)
+        self.out_dir = out_dir
+        self.tests = test_script
+        self.test_script_name = test_script_name
+        self.polling_conditions: list[PollingCondition] = []
+        self.machines_qemu: list[Machine] = [
+            Machine(name, client, self.logger, out_dir, callbacks=[self.check_polling_conditions])
+            for name, _ in machines
+        ]
+        self.machines_nspawn: list[Machine] = []
+        self.vlans: list[VLan] = [VLan(nr) for nr in vlans]
+        self._python_names: dict[str, str] = dict(machines)
+        register_script_source(test_script_name, test_script)
+
+    @property
+    def machines(self) -> list[Machine]:
+        return sorted(self.machines_qemu + self.machines_nspawn, key=lambda m: m.name)
+
+    def start_all(self) -> None:
+        self.client.call("start_all")
+
+    def join_all(self) -> None:
+        self.client.call("join_all")
+
+    def subtest(self, name: str) -> ContextManager[None]:
+        return self.logger.subtest(name)
+
+    def check_polling_conditions(self) -> None:
+        for condition in list(self.polling_conditions):
+            condition.maybe_raise()
+
+    @overload
+    def polling_condition(self, fun_: ConditionFn, *, seconds_interval: float = ...,
+                          description: str | None = ...) -> Poll: ...
+
+    @overload
+    def polling_condition(self, fun_: None = ..., *, seconds_interval: float = ...,
+                          description: str | None = ...) -> Callable[[ConditionFn], Poll]: ...
+
+    def polling_condition(self, fun_: ConditionFn | None = None, *, seconds_interval: float = 2.0,
+                          description: str | None = None) -> Poll | Callable[[ConditionFn], Poll]:
+        """`@polling_condition` or `@polling_condition(seconds_interval=..., description=...)`; use the result
+        as a context manager (`with cond:`) to make the condition active."""
+
+        def make(fun: ConditionFn) -> Poll:
+            return Poll(self, fun, seconds_interval, description)
+
+        return make if fun_ is None else make(fun_)
+
+    def serial_stdout_on(self) -> None:
+        self.logger.print_serial_logs(True)
+
+    def serial_stdout_off(self) -> None:
+        self.logger.print_serial_logs(False)
+
+    def create_machine(self, *args: Any, **kwargs: Any) -> NoReturn:
+        raise NotSupportedByTestrig("create_machine() is not supported by testrig yet: declare the machine as a node")
+
+    def test_symbols(self) -> dict[str, Any]:
+        symbols: dict[str, Any] = dict(
+            start_all=self.start_all,
+            join_all=self.join_all,
+            test_script=self.test_script,
+            run_tests=self.run_tests,
+            machines=self.machines,
+            machines_qemu=self.machines_qemu,
+            machines_nspawn=self.machines_nspawn,
+            vlans=self.vlans,
+            driver=self,
+            log=self.logger,
+            os=os,
+            create_machine=self.create_machine,
+            subtest=self.subtest,
+            retry=retry,
+            serial_stdout_off=self.serial_stdout_off,
+            serial_stdout_on=self.serial_stdout_on,
+            polling_condition=self.polling_condition,
+            BaseMachine=BaseMachine,
+            Machine=Machine,
+            t=AssertionTester(),
+            debug=self.debug,
+        )
+        for m in self.machines:
+            symbols[self._python_names[m.name]] = m
+        if len(self.machines) == 1:
+            symbols["machine"] = self.machines[0]
+        for vlan in self.vlans:
+            symbols[f"vlan{vlan.nr}"] = vlan
+        return symbols
+
+    def test_script(self) -> None:
+        """Run the test script (its exceptions propagate)."""
+        code = compile(self.tests, self.test_script_name, "exec")
+        exec(code, self.test_symbols())
+
+    def run_tests(self) -> None:
+        self.test_script()
+
+    def run(self) -> int:
+        """Run the script, report the result to the runner, return the exit status (0 pass, 1 fail)."""
+        try:
+            self.test_script()
+        except SystemExit as e:
+            if e.code is None or e.code == 0:
+                return self._report_success()
+            return self._report_failure(e)
+        except BaseException as e:
+            return self._report_failure(e)
+        return self._report_success()
+
+    def _report_success(self) -> int:
+        self.client.call("result", {"ok": True})
+        return 0
+
+    def _report_failure(self, e: BaseException) -> int:
+        failure = format_failure(e, self.test_script_name)
+        sys.stderr.write(failure)
+        sys.stderr.flush()
+        self.client.call("result", {"ok": False, "message": failure_message(e, self.test_script_name),
+                                    "traceback": failure})
+        return 1
+
+
+# --- failure reporting ----------------------------------------------------------------------------------------------
+
+
+def register_script_source(script_name: str, text: str) -> None:
+    """Let tracebacks show the script's lines: they come from linecache, and an entry without an mtime is never
+    invalidated (the name need not be a file that exists)."""
+    linecache.cache[script_name] = (len(text), None, text.splitlines(True), script_name)
+
+
+def script_frames(e: BaseException, script_name: str) -> list[traceback.FrameSummary]:
+    return [frame for frame in traceback.extract_tb(e.__traceback__) if frame.filename == script_name]
+
+
+def format_failure(e: BaseException, script_name: str) -> str:
+    """The traceback of `e` reduced to the test script's frames, then the exception line(s); a SyntaxError
+    shows its line and caret."""
+    frames = script_frames(e, script_name)
+    parts: list[str] = []
+    if frames:
+        parts.append("Traceback (most recent call last):\n")
+        parts.extend(traceback.format_list(frames))
+    parts.extend(traceback.format_exception_only(type(e), e))
+    return "".join(parts)
+
+
+def failure_message(e: BaseException, script_name: str) -> str:
+    """One line: where in the script, and the exception (`testScript:12: MachineError: ...`)."""
+    exception_line = traceback.format_exception_only(type(e), e)[-1].strip()
+    if isinstance(e, SyntaxError) and e.filename == script_name and e.lineno is not None:
+        return f"{script_name}:{e.lineno}: {exception_line}"
+    frames = script_frames(e, script_name)
+    if frames:
+        return f"{script_name}:{frames[-1].lineno}: {exception_line}"
+    return exception_line
+
+
+# --- entry point ----------------------------------------------------------------------------------------------------
+
+
+def main() -> int:
+    socket_path = os.environ.get("TESTRIG_RPC_SOCKET")
+    session_path = os.environ.get("TESTRIG_SESSION")
+    if not socket_path or not session_path:
+        sys.stderr.write("testrig_driver: TESTRIG_RPC_SOCKET and TESTRIG_SESSION must be set; "
+                         "this file is run by the testrig runner\n")
+        return 1
+    try:
+        session = Session.load(session_path)
+        script = session.read_test_script()
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        sys.stderr.write(f"testrig_driver: cannot read the session {session_path}: {e}\n")
+        return 1
+    client = RpcClient(socket_path)
+    client.connect()
+    driver = Driver(client, session.machines, session.vlans, script, session.test_script_name, session.out_dir)
+    try:
+        return driver.run()
+    finally:
+        client.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
