@@ -790,8 +790,7 @@ class Driver:
 
     def _report_failure(self, e: BaseException) -> int:
         failure = format_failure(e, self.test_script_name)
-        sys.stderr.write(failure)
-        sys.stderr.flush()
+        # The runner logs the traceback (to the terminal and to the run's log file), so it is not printed here.
         self.client.call("result", {"ok": False, "message": failure_message(e, self.test_script_name),
                                     "traceback": failure})
         return 1

@@ -40,7 +40,14 @@ pub fn load_plan_file(
         .map_err(|e| bad(format!("cannot read plan {}: {e}", path.display())))?;
     let parsed =
         parse_plan(&text).map_err(|e| bad(format!("invalid plan {}: {e}", path.display())))?;
-    let base = path.parent().unwrap_or(Path::new("."));
+    // Start scripts run in their state dir, so relative paths must become absolute here.
+    let parent = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let base = std::path::absolute(parent)
+        .map_err(|e| bad(format!("cannot resolve {}: {e}", path.display())))?;
+    let base = base.as_path();
     let fallback_name = path
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())

@@ -176,9 +176,24 @@ async fn machine_op(session: &Session, m: &Machine, op: &str, args: &Args<'_>) -
             .map(|_| Value::Null),
         "execute" => {
             let command = args.str("command")?;
+            let timeout = args.opt_f64("timeout")?;
             let _section = m.section(format!("running command: {command}"));
-            let out = m.execute(command, args.opt_f64("timeout")?).await?;
+            // nixpkgs' statuses for what was not waited for: -2 without output, -1 without status.
+            if !args.bool_or("check_output", true) {
+                m.execute_partially(command, timeout, false).await?;
+                return Ok(json!({"status": -2, "output_b64": ""}));
+            }
+            if !args.bool_or("check_return", true) {
+                let out = m.execute_partially(command, timeout, true).await?;
+                return Ok(json!({"status": -1, "output_b64": b64(&out)}));
+            }
+            let out = m.execute(command, timeout).await?;
             Ok(json!({"status": out.status, "output_b64": b64(&out.stdout)}))
+        }
+        "reboot" => m.reboot().await.map(|_| Value::Null),
+        "release" => {
+            m.kill().await;
+            Ok(Value::Null)
         }
         "succeed" => m
             .succeed(&args.strings("commands")?, args.opt_f64("timeout")?)

@@ -156,6 +156,54 @@ impl Machine {
         }
     }
 
+    /// Sends a command and waits for nothing (`check_output=False`), or for its output only (`check_return=False`).
+    pub async fn execute_partially(
+        &self,
+        command: &str,
+        timeout: Option<f64>,
+        read_output: bool,
+    ) -> OpResult<Vec<u8>> {
+        let vm = self.ready_vm().await?;
+        let mut shell = vm.shell.lock().await;
+        if !read_output {
+            let line = super::shell::command_line(command, timeout);
+            let line = line.trim_end().trim_end_matches("; echo ${PIPESTATUS[0]}");
+            shell
+                .send_without_reply(line)
+                .await
+                .map_err(|e| self.failure(format!("while sending `{command}`: {e}")))?;
+            return Ok(Vec::new());
+        }
+        let deadline =
+            Duration::from_secs_f64(timeout.unwrap_or(0.0).max(0.0)) + self.timeouts.host_grace;
+        tokio::select! {
+            result = tokio::time::timeout(deadline, shell.run_output_only(command, timeout)) => match result {
+                Ok(Ok(output)) => Ok(output),
+                Ok(Err(e)) => Err(self.failure(format!("while running `{command}`: {e}"))),
+                Err(_) => Err(self.timeout(format!("no output from `{command}` within {deadline:?}"))),
+            },
+            _ = vm.wait_exit() => Ok(Vec::new()),
+        }
+    }
+
+    /// Ctrl-Alt-Delete; the next command waits for the rebooted guest's backdoor (QEMU exits instead when the
+    /// machine was started without `allow_reboot`, as in nixpkgs).
+    pub async fn reboot(&self) -> OpResult<()> {
+        let vm = self.running().await?;
+        let _section = self.section("rebooting");
+        vm.shell.lock().await.expect_new_boot();
+        self.monitor_command("sendkey ctrl-alt-delete").await?;
+        Ok(())
+    }
+
+    /// Stops QEMU without a clean shutdown (SIGTERM, then SIGKILL).
+    pub async fn kill(&self) {
+        if let Some(vm) = self.vm.lock().await.clone() {
+            let _section = self.section("releasing the VM");
+            vm.terminate().await;
+        }
+    }
+
     /// `poweroff`, then wait for QEMU to exit.
     pub async fn shutdown(&self) -> OpResult<()> {
         let Some(vm) = self.vm.lock().await.clone() else {

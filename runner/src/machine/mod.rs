@@ -9,8 +9,7 @@ mod shell;
 mod vm;
 mod waits;
 
-pub use console::Console;
 pub use error::{OpError, OpResult};
 pub use handle::{Machine, Timeouts};
-pub use shell::{shell_quote, CommandOutput};
+pub use shell::shell_quote;
 pub use vm::VmConfig;

@@ -39,6 +39,11 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Shell<R, W> {
         self.ready
     }
 
+    /// The guest is rebooting: the next command waits for a new ready marker.
+    pub fn expect_new_boot(&mut self) {
+        self.ready = false;
+    }
+
     /// Reads until the ready marker (anything before it is boot noise). The caller bounds this with a deadline.
     pub async fn wait_until_ready(&mut self) -> io::Result<()> {
         let mut line = Vec::new();
@@ -78,7 +83,30 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Shell<R, W> {
         Ok(CommandOutput { status, stdout })
     }
 
-    /// Sends a command whose reply never comes (`poweroff`).
+    /// Runs `command` and reads its output but not its status (nixpkgs' `check_return=False`), for commands
+    /// after which the shell may not answer again.
+    pub async fn run_output_only(
+        &mut self,
+        command: &str,
+        guest_timeout_secs: Option<f64>,
+    ) -> io::Result<Vec<u8>> {
+        let line = command_line(command, guest_timeout_secs);
+        let line = line.trim_end().trim_end_matches("; echo ${PIPESTATUS[0]}");
+        self.writer
+            .write_all(format!("{line}\n").as_bytes())
+            .await?;
+        self.writer.flush().await?;
+        self.read_output().await
+    }
+
+    async fn read_output(&mut self) -> io::Result<Vec<u8>> {
+        let encoded = self.read_reply_line().await?;
+        base64::engine::general_purpose::STANDARD
+            .decode(encoded.trim_end())
+            .map_err(|e| protocol_error(format!("output is not base64 ({e}): {encoded:.80}")))
+    }
+
+    /// Sends a line whose reply is not awaited (`poweroff`).
     pub async fn send_without_reply(&mut self, command: &str) -> io::Result<()> {
         self.writer
             .write_all(format!("{command}\n").as_bytes())

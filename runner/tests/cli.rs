@@ -1,0 +1,178 @@
+//! `testrig run` on inputs that never boot a VM: malformed plans (exit 2, naming the problem) and test scripts that
+//! fail before touching a machine (exit 1, naming the line). Runs the real binary and a real python3.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn testrig(dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_testrig"))
+        .args(args)
+        .current_dir(dir)
+        .env("TESTRIG_CACHE_DIR", dir.join("cache"))
+        .env("TESTRIG_STATE_DIR", dir.join("state"))
+        .output()
+        .expect("testrig runs")
+}
+
+/// A start script that must never run in these tests: it leaves a marker if it does.
+fn write_start_script(dir: &Path, name: &str) {
+    let path = dir.join(name);
+    std::fs::write(
+        &path,
+        "#!/bin/sh\ntouch \"$(dirname \"$0\")/STARTED\"\nexit 1\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+fn run_plan(plan: &str) -> (i32, String, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    write_start_script(dir.path(), "run-machine-vm");
+    std::fs::write(dir.path().join("plan.json"), plan).unwrap();
+    let out = testrig(dir.path(), &["run", "plan.json"]);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    (out.status.code().unwrap_or(-1), stderr, dir)
+}
+
+fn assert_bad_input(plan: &str, expected: &str) {
+    let (code, stderr, dir) = run_plan(plan);
+    assert_eq!(code, 2, "plan {plan}\nstderr: {stderr}");
+    assert!(
+        stderr.contains(expected),
+        "expected `{expected}` in: {stderr}"
+    );
+    assert!(
+        !dir.path().join("STARTED").exists(),
+        "a start script ran for a bad plan"
+    );
+}
+
+const VM: &str = r#""machine": {"name": "machine", "start_script": "run-machine-vm"}"#;
+
+#[test]
+fn malformed_plans_exit_2_naming_the_problem() {
+    assert_bad_input(
+        r#"{"schema": "testrig-plan/1", "test_script_text": "pass"}"#,
+        "missing field `vms`",
+    );
+    assert_bad_input(
+        &format!(
+            r#"{{"schema": "testrig-plan/1", "test_script_text": "pass", "global_timeout": "1h", "vms": {{{VM}}}}}"#
+        ),
+        "invalid type: string \"1h\", expected u64",
+    );
+    assert_bad_input(
+        &format!(r#"{{"schema": "testrig-plan/7", "test_script_text": "pass", "vms": {{{VM}}}}}"#),
+        "unsupported schema `testrig-plan/7`",
+    );
+    assert_bad_input(
+        &format!(r#"{{"test_script_text": "pass", "vms": {{{VM}, {VM}}}}}"#),
+        "duplicate machine name `machine`",
+    );
+    assert_bad_input(
+        r#"{"test_script_text": "pass", "vms": {"machine": {"name": "machine", "start_script": "run-absent-vm"}}}"#,
+        "machine `machine`: start script",
+    );
+    assert_bad_input(
+        "{ not json",
+        "invalid plan plan.json: key must be a string at line 1 column 3",
+    );
+}
+
+#[test]
+fn non_executable_start_script_exits_2() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("run-machine-vm"), "#!/bin/sh\n").unwrap();
+    std::fs::write(
+        dir.path().join("plan.json"),
+        format!(r#"{{"test_script_text": "pass", "vms": {{{VM}}}}}"#),
+    )
+    .unwrap();
+    let out = testrig(dir.path(), &["run", "plan.json"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is not an executable file"));
+}
+
+#[test]
+fn missing_plan_file_exits_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = testrig(dir.path(), &["run", "absent.json"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read plan absent.json"));
+}
+
+fn script_plan(script: &str) -> String {
+    let script = serde_json::to_string(script).unwrap();
+    format!(r#"{{"test_script_text": {script}, "vms": {{{VM}}}}}"#)
+}
+
+#[test]
+fn syntax_error_exits_1_with_its_line() {
+    let (code, stderr, dir) = run_plan(&script_plan("x = 1\ny = 2\nif x = y:\n    pass\n"));
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("File \"testScript\", line 3"), "{stderr}");
+    assert!(stderr.contains("SyntaxError"), "{stderr}");
+    assert!(!dir.path().join("STARTED").exists());
+}
+
+#[test]
+fn exception_exits_1_with_its_line_and_only_script_frames() {
+    let script = "def helper():\n    raise ValueError('boom')\n\nhelper()\n";
+    let (code, stderr, _dir) = run_plan(&script_plan(script));
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains("File \"testScript\", line 4, in <module>"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("File \"testScript\", line 2, in helper"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("ValueError: boom"), "{stderr}");
+    assert!(
+        !stderr.contains("testrig_driver.py"),
+        "driver frames leaked: {stderr}"
+    );
+}
+
+#[test]
+fn passing_script_without_machines_used_exits_0() {
+    let (code, stderr, dir) = run_plan(&script_plan("t.assertEqual(machine.name, 'machine')\n"));
+    assert_eq!(code, 0, "{stderr}");
+    assert!(!dir.path().join("STARTED").exists());
+}
+
+#[test]
+fn a_start_script_that_fails_is_a_test_failure_naming_it() {
+    let (code, stderr, dir) = run_plan(&script_plan("machine.succeed('true')\n"));
+    assert_eq!(code, 1, "{stderr}");
+    assert!(dir.path().join("STARTED").exists());
+    assert!(
+        stderr.contains("run-machine-vm exited (exit status: 1) before QEMU connected"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("testScript:1"), "{stderr}");
+}
+
+#[test]
+fn driver_configuration_with_legacy_flags() {
+    // The pre-26.05 driver's flags: --start-scripts, --vlans and a positional test script.
+    let dir = tempfile::tempdir().unwrap();
+    write_start_script(dir.path(), "run-web-vm");
+    std::fs::write(
+        dir.path().join("script.py"),
+        "t.assertEqual(web.name, 'web')\nt.assertEqual([v.nr for v in vlans], [1])\n",
+    )
+    .unwrap();
+    let out = testrig(
+        dir.path(),
+        &["script.py", "--start-scripts", "run-web-vm", "--vlans", "1"],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
