@@ -3,9 +3,11 @@
 //! arguments are `run`'s.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{ArgAction, Args, Parser, Subcommand};
 
+use crate::cache::{parse_duration, parse_size};
 use crate::log::LogFormat;
 
 #[derive(Debug, Parser)]
@@ -19,10 +21,14 @@ pub struct Cli {
     pub command: Command,
 }
 
+// One value, parsed once: its size does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run tests: plan files, nixpkgs' driverConfiguration.json, or the old driver's flags.
     Run(RunArgs),
+    /// Inspect and clean the result cache.
+    Cache(CacheArgs),
 }
 
 #[derive(Debug, Args)]
@@ -60,9 +66,32 @@ pub struct RunArgs {
     )]
     pub output_directory: Option<PathBuf>,
 
-    /// Keep each machine's state (its disk) between runs.
+    /// Keep each machine's state (its disk) between runs, under $XDG_STATE_HOME/testrig/<test>/<machine>.
+    /// The test always runs (its result depends on the kept disks).
     #[arg(short = 'K', long = "keep-vm-state", alias = "keep-machine-state")]
     pub keep_vm_state: bool,
+
+    /// With -K: refuse to run (exit 2) when a machine changed since its state was kept, instead of starting it
+    /// from a fresh disk.
+    #[arg(long = "strict-state")]
+    pub strict_state: bool,
+
+    /// With -K: how long to wait for another run that uses the same kept state (0: fail at once). `30`, `90s`,
+    /// `5m`.
+    #[arg(long = "lock-timeout", value_name = "DURATION", default_value = "0", value_parser = parse_duration)]
+    pub lock_timeout: Duration,
+
+    /// Run even when the same test (same cache key) passed before, and replace its cache entry.
+    #[arg(long = "rerun")]
+    pub rerun: bool,
+
+    /// Run tests whose last run failed (always the case: only a pass is ever skipped).
+    #[arg(long = "rerun-failed")]
+    pub rerun_failed: bool,
+
+    /// Neither look up nor record results; outputs go straight to -o (the current dir without it).
+    #[arg(long = "no-cache", env = "TESTRIG_NO_CACHE", value_parser = clap::builder::FalseyValueParser::new())]
+    pub no_cache: bool,
 
     /// Write a JUnit XML report.
     #[arg(long = "junit-xml", value_name = "PATH")]
@@ -111,7 +140,46 @@ impl RunArgs {
     }
 }
 
-const SUBCOMMANDS: &[&str] = &["run", "help", "--help", "-h", "--version", "-V"];
+#[derive(Debug, Args)]
+pub struct CacheArgs {
+    /// Print JSON for scripts instead of text for people.
+    #[arg(long = "json", global = true)]
+    pub json: bool,
+
+    #[command(subcommand)]
+    pub command: CacheCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CacheCommand {
+    /// List the entries, newest first: name, key, outcome, age, size.
+    Ls,
+    /// Show one entry (the newest, for a test name): outcome, log, report, artefacts.
+    Show {
+        #[arg(value_name = "KEY|NAME")]
+        which: String,
+    },
+    /// Remove entries: a key removes that entry, a test name every entry of that test.
+    Rm {
+        #[arg(value_name = "KEY|NAME", required = true, num_args = 1..)]
+        which: Vec<String>,
+    },
+    /// Remove entries older than --max-age, then the oldest until the cache is under --max-size. Entries of
+    /// running tests are kept.
+    Gc {
+        /// Remove entries older than this (`30d`, `12h`, `2w`, seconds).
+        #[arg(long = "max-age", value_name = "DURATION", value_parser = parse_duration)]
+        max_age: Option<Duration>,
+        /// Keep the cache under this size (`500M`, `2G`, bytes).
+        #[arg(long = "max-size", value_name = "SIZE", default_value = "1GiB", value_parser = parse_size)]
+        max_size: u64,
+        /// Say what would be removed, remove nothing.
+        #[arg(long = "dry-run")]
+        dry_run: bool,
+    },
+}
+
+const SUBCOMMANDS: &[&str] = &["run", "cache", "help", "--help", "-h", "--version", "-V"];
 
 /// Parses the command line, treating `nixos-test-driver ARGS` and `testrig ARGS` without a subcommand as
 /// `testrig run ARGS`.

@@ -1,14 +1,21 @@
 //! testrig: runs NixOS VM integration tests outside the Nix sandbox.
 
+mod cache;
+mod cache_command;
+mod cached_run;
 mod cli;
+mod copy_tree;
 mod driver;
+mod lock;
 mod log;
 mod machine;
 mod plan_load;
 mod process;
 mod report;
 mod run_command;
+mod state;
 mod vlan;
+mod xdg;
 
 use std::process::ExitCode;
 
@@ -29,6 +36,7 @@ fn main() -> ExitCode {
     let code = runtime.block_on(async {
         match cli.command {
             cli::Command::Run(args) => run_command::run(args).await,
+            cli::Command::Cache(args) => cache_command::run(args),
         }
     });
     ExitCode::from(code)

@@ -1,10 +1,14 @@
-//! `testrig run`: load each test, run it, report. Exit 0 when all passed, 1 when one failed, 2 on bad input.
+//! `testrig run`: load each test, run it (or answer from the result cache, see `cached_run`), report. Exit 0 when
+//! all passed, 1 when one failed, 2 on bad input.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::cache::Cache;
+use crate::cached_run;
 use crate::cli::RunArgs;
-use crate::driver::{run_test, Outcome, RunOptions};
+use crate::driver::{run_test, Outcome, RunOptions, RunResult};
 use crate::log;
 use crate::machine::Timeouts;
 use crate::plan_load::{load_plan_file, plan_from_flags, BadInput, LoadedPlan};
@@ -24,12 +28,28 @@ pub async fn run(args: RunArgs) -> u8 {
             return EXIT_BAD_INPUT;
         }
     };
+    let cache = open_cache(&args);
+    let several = plans.len() > 1;
     let mut worst = 0;
     for plan in &plans {
-        let code = run_one(&args, plan, plans.len() > 1).await;
+        let code = cached_run::run_plan(&args, plan, several, cache.as_ref()).await;
         worst = worst.max(code);
     }
     worst
+}
+
+/// The result cache, unless disabled; a cache that cannot be located only costs a warning.
+fn open_cache(args: &RunArgs) -> Option<Cache> {
+    if args.no_cache {
+        return None;
+    }
+    match Cache::from_env() {
+        Ok(cache) => Some(cache),
+        Err(e) => {
+            tracing::warn!("running without the result cache: {e}");
+            None
+        }
+    }
 }
 
 fn load_plans(args: &RunArgs) -> Result<Vec<LoadedPlan>, BadInput> {
@@ -72,19 +92,17 @@ fn load_plans(args: &RunArgs) -> Result<Vec<LoadedPlan>, BadInput> {
     Ok(plans)
 }
 
-async fn run_one(args: &RunArgs, plan: &LoadedPlan, several: bool) -> u8 {
-    for warning in &plan.warnings {
-        tracing::warn!("{}: {warning}", plan.name);
-    }
-    let out_dir = match (&args.output_directory, several) {
-        (Some(dir), false) => dir.clone(),
-        (Some(dir), true) => dir.join(&plan.name),
-        (None, _) => PathBuf::from("."),
-    };
+/// Runs the test with its outputs in `out_dir` and logs the outcome.
+pub async fn execute(
+    args: &RunArgs,
+    plan: &LoadedPlan,
+    out_dir: PathBuf,
+    state_dirs: Option<BTreeMap<String, PathBuf>>,
+) -> anyhow::Result<RunResult> {
     let options = RunOptions {
         out_dir,
-        state_dirs: None,
-        junit_xml: args.junit_xml.clone(),
+        state_dirs,
+        junit_xml: None,
         python: args
             .python
             .clone()
@@ -95,7 +113,8 @@ async fn run_one(args: &RunArgs, plan: &LoadedPlan, several: bool) -> u8 {
             ..Timeouts::default()
         },
     };
-    match run_test(plan, &options).await {
+    let result = run_test(plan, &options).await;
+    match &result {
         Ok(result) => {
             let secs = result.duration.as_secs_f64();
             match &result.outcome {
@@ -110,11 +129,8 @@ async fn run_one(args: &RunArgs, plan: &LoadedPlan, several: bool) -> u8 {
                 }
                 Outcome::Interrupted(sig) => tracing::error!("{}: interrupted by {sig}", plan.name),
             }
-            result.outcome.exit_code()
         }
-        Err(e) => {
-            tracing::error!("{}: {e:#}", plan.name);
-            EXIT_BAD_INPUT
-        }
+        Err(e) => tracing::error!("{}: {e:#}", plan.name),
     }
+    result
 }

@@ -1,0 +1,302 @@
+//! One test of `testrig run`, through the result cache and the kept state.
+//!
+//! In order: a cached pass answers at once (no lock, no VM, no Python); with `-K` the nodes' state dirs are locked
+//! and checked; the key's lock is taken (a second run of the same key waits for the first, then finds its pass);
+//! the test runs with its log, report and output dir inside a staging dir of the cache; the staging dir becomes
+//! the key's entry in one rename; the outputs are copied to where the user asked.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::cache::{self, Cache, Entry, EntryPaths, Lookup, Staging};
+use crate::cli::RunArgs;
+use crate::copy_tree::copy_tree;
+use crate::driver::Outcome;
+use crate::lock::LockGuard;
+use crate::log;
+use crate::plan_load::LoadedPlan;
+use crate::report;
+use crate::run_command::{execute, EXIT_BAD_INPUT};
+use crate::state::{self, KeepOptions, KeptState, NodeSpec};
+use crate::xdg;
+
+/// How long past the first run's global timeout a second run of the same key waits for it.
+const KEY_WAIT_GRACE: Duration = Duration::from_secs(300);
+
+/// Runs (or answers from the cache) one test; returns its exit status.
+pub async fn run_plan(
+    args: &RunArgs,
+    plan: &LoadedPlan,
+    several: bool,
+    cache: Option<&Cache>,
+) -> u8 {
+    let user_out = user_out_dir(args, plan, several);
+    // With -K the result depends on the kept disks, which the key does not cover: always run.
+    let skip_allowed = !args.rerun && !args.keep_vm_state;
+    if let Some(cache) = cache.filter(|_| skip_allowed) {
+        match cache.lookup(&plan.cache_key) {
+            Lookup::Ignored { dir, reason } => tracing::warn!(
+                "ignoring cache entry {}: {reason}; running the test",
+                dir.display()
+            ),
+            Lookup::Found(found) if found.entry.is_skippable_pass() => {
+                if let Some(code) = answer_from(plan, &found.entry, &found.paths, args, &user_out) {
+                    return code;
+                }
+            }
+            Lookup::Found(_) | Lookup::Miss => {}
+        }
+    }
+
+    let kept = match keep_state(args, plan) {
+        Ok(kept) => kept,
+        Err(message) => {
+            tracing::error!("{}: {message}", plan.name);
+            return EXIT_BAD_INPUT;
+        }
+    };
+    let Some(cache) = cache else {
+        return run_uncached(args, plan, user_out, kept).await;
+    };
+    let key_lock = match lock_key(cache, plan) {
+        Ok(lock) => lock,
+        Err(message) => {
+            tracing::error!("{}: {message}", plan.name);
+            return EXIT_BAD_INPUT;
+        }
+    };
+    if skip_allowed {
+        // The run we waited for may have just recorded a pass.
+        if let Lookup::Found(found) = cache.lookup(&plan.cache_key) {
+            if found.entry.is_skippable_pass() {
+                if let Some(code) = answer_from(plan, &found.entry, &found.paths, args, &user_out) {
+                    return code;
+                }
+            }
+        }
+    }
+    let staging = match Staging::begin(cache, &plan.cache_key, &key_lock)
+        .and_then(|s| log::tee_to_file(&s.paths().log()).map(|()| s))
+    {
+        Ok(staging) => staging,
+        Err(e) => {
+            tracing::warn!(
+                "cannot record the result in {}: {e}; running without the cache",
+                cache.root().display()
+            );
+            return run_uncached(args, plan, user_out, kept).await;
+        }
+    };
+    run_recorded(args, plan, cache, staging, &key_lock, user_out, kept).await
+}
+
+/// Prints the cached line and delivers the cached outputs; `None` (the test then runs) if they cannot be copied.
+fn answer_from(
+    plan: &LoadedPlan,
+    entry: &Entry,
+    paths: &EntryPaths,
+    args: &RunArgs,
+    user_out: &Option<PathBuf>,
+) -> Option<u8> {
+    if let Err(e) = deliver(paths, user_out.as_deref(), args.junit_xml.as_deref()) {
+        tracing::warn!(
+            "cannot copy the cached outputs of {} from {}: {e}; running the test",
+            plan.name,
+            paths.dir.display()
+        );
+        return None;
+    }
+    println!(
+        "{}",
+        cache::cached_line(&plan.name, entry, &paths.log(), cache::now_secs())
+    );
+    Some(0)
+}
+
+async fn run_recorded(
+    args: &RunArgs,
+    plan: &LoadedPlan,
+    cache: &Cache,
+    staging: Staging,
+    key_lock: &LockGuard,
+    user_out: Option<PathBuf>,
+    kept: Option<KeptState>,
+) -> u8 {
+    log_preamble(plan, kept.as_ref());
+    let started_at = cache::now_secs();
+    let started = Instant::now();
+    let state_dirs = kept.as_ref().map(|k| k.dirs.clone());
+    let result = execute(args, plan, staging.paths().out(), state_dirs).await;
+    log::stop_tee();
+    // Every machine is gone once `execute` returns: the state dirs are free.
+    drop(kept);
+
+    let (outcome, subtests, code) = match &result {
+        Ok(r) => (r.outcome.clone(), r.subtests.clone(), r.outcome.exit_code()),
+        Err(e) => (
+            Outcome::Failed(format!("{e:#}")),
+            Vec::new(),
+            EXIT_BAD_INPUT,
+        ),
+    };
+    let duration = result
+        .as_ref()
+        .map(|r| r.duration)
+        .unwrap_or_else(|_| started.elapsed());
+    let junit = staging.paths().junit();
+    if let Err(e) = report::write_junit(&junit, &plan.name, &outcome, duration, &subtests) {
+        tracing::warn!("failed to write JUnit report {}: {e}", junit.display());
+    }
+    let (entry_outcome, message) = match &result {
+        Ok(_) => cache::outcome_of(&outcome),
+        Err(e) => (cache::EntryOutcome::Error, Some(format!("{e:#}"))),
+    };
+    let entry = Entry {
+        format: cache::FORMAT.into(),
+        key: plan.cache_key.clone(),
+        name: plan.name.clone(),
+        outcome: entry_outcome,
+        message,
+        started_at,
+        duration_secs: duration.as_secs_f64(),
+        plan: serde_json::to_value(&plan.plan).unwrap_or_default(),
+        subtests: cache::subtests_of(&subtests),
+        kept_state: args.keep_vm_state,
+        testrig_version: env!("CARGO_PKG_VERSION").into(),
+    };
+    let paths = match staging.commit(&entry, key_lock) {
+        Ok(paths) => paths,
+        Err(e) => {
+            tracing::warn!(
+                "failed to record the result in {}: {e}",
+                cache.root().display()
+            );
+            return code;
+        }
+    };
+    tracing::debug!("{}: recorded in {}", plan.name, paths.dir.display());
+    if let Err(e) = deliver(&paths, user_out.as_deref(), args.junit_xml.as_deref()) {
+        tracing::error!(
+            "{}: failed to copy the outputs from {}: {e}",
+            plan.name,
+            paths.dir.display()
+        );
+        return code.max(EXIT_BAD_INPUT);
+    }
+    code
+}
+
+/// The test without the cache (`--no-cache`, or a cache that cannot be written): outputs go straight to `-o`.
+async fn run_uncached(
+    args: &RunArgs,
+    plan: &LoadedPlan,
+    user_out: Option<PathBuf>,
+    kept: Option<KeptState>,
+) -> u8 {
+    log_preamble(plan, kept.as_ref());
+    let out_dir = user_out.unwrap_or_else(|| PathBuf::from("."));
+    let started = Instant::now();
+    let state_dirs = kept.as_ref().map(|k| k.dirs.clone());
+    let result = execute(args, plan, out_dir, state_dirs).await;
+    drop(kept);
+    let (outcome, subtests, code) = match &result {
+        Ok(r) => (r.outcome.clone(), r.subtests.clone(), r.outcome.exit_code()),
+        Err(e) => (
+            Outcome::Failed(format!("{e:#}")),
+            Vec::new(),
+            EXIT_BAD_INPUT,
+        ),
+    };
+    if let Some(path) = &args.junit_xml {
+        let duration = result
+            .as_ref()
+            .map(|r| r.duration)
+            .unwrap_or_else(|_| started.elapsed());
+        if let Err(e) = report::write_junit(path, &plan.name, &outcome, duration, &subtests) {
+            tracing::error!("failed to write JUnit report {}: {e}", path.display());
+            return code.max(EXIT_BAD_INPUT);
+        }
+    }
+    code
+}
+
+fn log_preamble(plan: &LoadedPlan, kept: Option<&KeptState>) {
+    for warning in &plan.warnings {
+        tracing::warn!("{}: {warning}", plan.name);
+    }
+    for note in kept.iter().flat_map(|k| &k.notes) {
+        if note.is_warning() {
+            tracing::warn!("{}: {note}", plan.name);
+        } else {
+            log::line(None, &format!("{}: {note}", plan.name));
+        }
+    }
+}
+
+/// With `-K`: the nodes' kept state dirs, locked and checked against the nodes' identities.
+fn keep_state(args: &RunArgs, plan: &LoadedPlan) -> Result<Option<KeptState>, String> {
+    if !args.keep_vm_state {
+        return Ok(None);
+    }
+    let root = xdg::state_root().map_err(|e| e.to_string())?;
+    let nodes: Vec<NodeSpec> = plan
+        .start_scripts
+        .iter()
+        .map(|(name, script)| NodeSpec {
+            name: name.clone(),
+            drv: plan.plan.vms.get(name).and_then(|vm| vm.drv.clone()),
+            start_script: script.clone(),
+        })
+        .collect();
+    let options = KeepOptions {
+        strict: args.strict_state,
+        lock_timeout: args.lock_timeout,
+    };
+    state::prepare(&root, &plan.name, &nodes, options)
+        .map(Some)
+        .map_err(|e| e.to_string())
+}
+
+/// The key's lock. A run that holds it is running the same test: wait for it (bounded by its global timeout).
+fn lock_key(cache: &Cache, plan: &LoadedPlan) -> Result<LockGuard, String> {
+    let key = &plan.cache_key;
+    let fail = |e: &dyn std::fmt::Display| format!("cannot lock cache key {key}: {e}");
+    cache.ensure().map_err(|e| fail(&e))?;
+    if let Some(lock) = cache.try_lock_key(key).map_err(|e| fail(&e))? {
+        return Ok(lock);
+    }
+    let wait = Duration::from_secs(plan.plan.global_timeout) + KEY_WAIT_GRACE;
+    let holder = crate::lock::holder(&cache.lock_path(key))
+        .map(|pid| format!("PID {pid}"))
+        .unwrap_or_else(|| "PID unknown".into());
+    log::line(
+        None,
+        &format!(
+            "{}: another testrig run ({holder}) is running the same test; waiting for it (at most {} s)",
+            plan.name,
+            wait.as_secs()
+        ),
+    );
+    cache.lock_key(key, wait).map_err(|e| fail(&e))
+}
+
+fn user_out_dir(args: &RunArgs, plan: &LoadedPlan, several: bool) -> Option<PathBuf> {
+    args.output_directory.as_ref().map(|dir| {
+        if several {
+            dir.join(&plan.name)
+        } else {
+            dir.clone()
+        }
+    })
+}
+
+/// Copies an entry's output dir to `-o` and its JUnit report to `--junit-xml`, when given.
+fn deliver(paths: &EntryPaths, out: Option<&Path>, junit: Option<&Path>) -> std::io::Result<()> {
+    if let Some(out) = out {
+        copy_tree(&paths.out(), out)?;
+    }
+    if let Some(junit) = junit {
+        std::fs::copy(paths.junit(), junit)?;
+    }
+    Ok(())
+}
