@@ -124,16 +124,27 @@ impl Machine {
                 tokio::select! {
                     ready = tokio::time::timeout(boot, shell.wait_until_ready()) => match ready {
                         Ok(Ok(())) => self.log("connected to guest root shell"),
-                        Ok(Err(e)) => return Err(self.failure(format!("backdoor shell: {e}"))),
+                        Ok(Err(e)) => {
+                            // The shell closes when QEMU exits; say why, if QEMU is exiting.
+                            if let Ok(status) = tokio::time::timeout(Duration::from_secs(5), vm.wait_exit()).await {
+                                return Err(self.exited_while_booting(status));
+                            }
+                            return Err(self.failure(format!("backdoor shell: {e}")));
+                        }
                         Err(_) => return Err(self.timeout(format!(
                             "the guest did not start its backdoor shell within {boot:?} (see its console above)"))),
                     },
-                    status = vm.wait_exit() => return Err(self.failure(format!(
-                        "QEMU exited ({status}) before the guest's backdoor shell started (a kernel panic or a boot failure; see its console above)"))),
+                    status = vm.wait_exit() => return Err(self.exited_while_booting(status)),
                 }
             }
         }
         Ok(vm)
+    }
+
+    fn exited_while_booting(&self, status: std::process::ExitStatus) -> OpError {
+        self.failure(format!(
+            "QEMU exited ({status}) before the guest's backdoor shell started (a kernel panic or a boot failure; see its console above)"
+        ))
     }
 
     /// Runs one command in the guest. `timeout` is the guest-side `timeout` (seconds); the host gives up a grace

@@ -1,0 +1,256 @@
+//! End-to-end tests that boot the Debian test guest (tests/guest) under the real runner. They need the guest built
+//! (`tests/guest/build.sh`) and QEMU, so they are ignored by a plain `cargo test`; `tests/run-all` runs them with
+//! `--ignored --test-threads=1` (two cores fit about two guests at once).
+
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_owned()
+}
+
+fn testrig_command(args: &[&str], scratch: &Path) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_testrig"));
+    command
+        .args(args)
+        .current_dir(repo())
+        .env("TESTRIG_CACHE_DIR", scratch.join("cache"))
+        .env("TESTRIG_STATE_DIR", scratch.join("state"))
+        .env_remove("QEMU_KERNEL_PARAMS");
+    command
+}
+
+fn run(args: &[&str], env: &[(&str, &str)]) -> (Output, Duration) {
+    let scratch = tempfile::tempdir().unwrap();
+    let started = Instant::now();
+    let mut command = testrig_command(args, scratch.path());
+    command.envs(env.iter().copied());
+    let out = command.output().expect("testrig runs");
+    (out, started.elapsed())
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// PIDs named in the runner's `QEMU running (pid N)` lines.
+fn qemu_pids(log: &str) -> Vec<i32> {
+    log.lines()
+        .filter_map(|l| l.split("QEMU running (pid ").nth(1))
+        .filter_map(|rest| rest.trim_end_matches(')').parse().ok())
+        .collect()
+}
+
+fn alive(pid: i32) -> bool {
+    // A zombie is as good as gone: it holds no resources but its PID, and init reaps it.
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .trim_start()
+            .starts_with('Z'),
+        Err(_) => false,
+    }
+}
+
+fn children_of(parent: i32) -> BTreeSet<i32> {
+    let mut children = BTreeSet::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let fields: Vec<&str> = stat
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .split_whitespace()
+            .collect();
+        if fields.get(1).and_then(|p| p.parse::<i32>().ok()) == Some(parent) {
+            children.insert(pid);
+        }
+    }
+    children
+}
+
+fn assert_all_gone(pids: &BTreeSet<i32>, within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        let left: Vec<_> = pids.iter().copied().filter(|&p| alive(p)).collect();
+        if left.is_empty() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "processes still alive after {within:?}: {left:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+#[ignore = "boots VMs: run by tests/run-all"]
+fn two_node_example_passes_with_junit_and_leaves_nothing_running() {
+    let out_dir = tempfile::tempdir().unwrap();
+    let junit = out_dir.path().join("junit.xml");
+    let (out, took) = run(
+        &[
+            "run",
+            "tests/examples/two-node/plan.json",
+            "-o",
+            out_dir.path().to_str().unwrap(),
+            "--junit-xml",
+            junit.to_str().unwrap(),
+        ],
+        &[],
+    );
+    let log = stderr(&out);
+    assert_eq!(out.status.code(), Some(0), "{log}");
+    assert!(log.contains("two-node: passed in"), "{log}");
+    assert!(log.contains("server # "), "serial lines are in the log");
+    assert!(
+        log.contains("(finished: waiting for unit nginx.service, in "),
+        "{log}"
+    );
+    let xml = std::fs::read_to_string(&junit).unwrap();
+    assert!(
+        xml.contains("name=\"client reaches the server by name over vlan 1\""),
+        "{xml}"
+    );
+    assert!(xml.contains("failures=\"0\""), "{xml}");
+    let pids: BTreeSet<i32> = qemu_pids(&log).into_iter().collect();
+    assert_eq!(pids.len(), 2, "{log}");
+    assert_all_gone(&pids, Duration::from_secs(1));
+    eprintln!("two-node example: {took:?}");
+}
+
+#[test]
+#[ignore = "boots VMs: run by tests/run-all"]
+fn protocol_details_against_a_real_guest() {
+    let (out, _) = run(&["run", "tests/vm/protocol/plan.json"], &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+}
+
+#[test]
+#[ignore = "boots VMs: run by tests/run-all"]
+fn failing_example_exits_1_naming_machine_command_and_line() {
+    let (out, _) = run(&["run", "tests/examples/failing/plan.json"], &[]);
+    let log = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{log}");
+    assert!(
+        log.contains("failing/test.py\", line 4, in <module>"),
+        "{log}"
+    );
+    assert!(
+        log.contains(
+            "machine: command `test -e /etc/this-file-does-not-exist` failed (exit code 1)"
+        ),
+        "{log}"
+    );
+    assert!(log.contains("error: failing: failed after"), "{log}");
+}
+
+#[test]
+#[ignore = "boots VMs: run by tests/run-all"]
+fn kernel_panic_at_boot_fails_fast() {
+    // No usable init or root: the kernel panics at once, `panic=-1` reboots, `-no-reboot` makes QEMU exit.
+    let (out, took) = run(
+        &["run", "tests/examples/failing/plan.json"],
+        &[(
+            "QEMU_KERNEL_PARAMS",
+            "rdinit=/nonexistent root=/dev/nonexistent",
+        )],
+    );
+    let log = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{log}");
+    assert!(
+        log.contains("before the guest's backdoor shell started"),
+        "{log}"
+    );
+    assert!(took < Duration::from_secs(120), "took {took:?}");
+}
+
+#[test]
+#[ignore = "boots VMs: run by tests/run-all"]
+fn hung_boot_fails_at_the_boot_deadline() {
+    // The guest boots but its backdoor never starts: the runner gives up at --boot-timeout, not never.
+    let (out, took) = run(
+        &[
+            "run",
+            "--boot-timeout",
+            "45",
+            "tests/examples/failing/plan.json",
+        ],
+        &[("QEMU_KERNEL_PARAMS", "systemd.mask=backdoor.service")],
+    );
+    let log = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{log}");
+    assert!(
+        log.contains("did not start its backdoor shell within 45s"),
+        "{log}"
+    );
+    assert!(took < Duration::from_secs(90), "took {took:?}");
+    let pids: BTreeSet<i32> = qemu_pids(&log).into_iter().collect();
+    assert_all_gone(&pids, Duration::from_secs(1));
+}
+
+/// Starts the two-node example, waits until both QEMUs run, sends `signal` to the runner, and checks that every
+/// child it had (QEMUs, vde_switch, Python) is gone.
+fn signal_mid_run(signal: i32) -> Option<i32> {
+    let scratch = tempfile::tempdir().unwrap();
+    let mut child: Child = testrig_command(
+        &["run", "tests/examples/two-node/plan.json"],
+        scratch.path(),
+    )
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    let runner = child.id() as i32;
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut started = 0;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while started < 2 {
+        let line = lines.next().expect("runner log ended early").unwrap();
+        started += qemu_pids(&line).len();
+        assert!(Instant::now() < deadline, "QEMUs did not start");
+    }
+    // Let the guests get into their boot.
+    std::thread::sleep(Duration::from_secs(3));
+    let children = children_of(runner);
+    assert!(
+        children.len() >= 4,
+        "expected python, vde_switch and two QEMUs, found {children:?}"
+    );
+    unsafe { libc_kill(runner, signal) };
+    // Keep draining the log so the runner never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines.by_ref() {});
+    let status = child.wait().unwrap();
+    assert_all_gone(&children, Duration::from_secs(15));
+    status.code()
+}
+
+extern "C" {
+    #[link_name = "kill"]
+    fn libc_kill(pid: i32, sig: i32) -> i32;
+}
+
+#[test]
+#[ignore = "boots VMs: run by tests/run-all"]
+fn sigkill_of_the_runner_leaves_no_process() {
+    assert_eq!(signal_mid_run(9), None);
+}
+
+#[test]
+#[ignore = "boots VMs: run by tests/run-all"]
+fn sigint_tears_everything_down() {
+    assert_eq!(signal_mid_run(2), Some(130));
+}

@@ -1,0 +1,27 @@
+# The backdoor protocol against a real guest: exact bytes and statuses, large output, guest-side timeouts.
+import base64
+
+machine.wait_for_unit("multi-user.target")
+
+t.assertEqual(machine.succeed("true"), "")
+t.assertEqual(machine.execute("printf ''; exit 7"), (7, ""))
+t.assertEqual(machine.execute("echo out; echo err >&2; exit 3"), (3, "out\n"))
+
+# Every byte value survives the round trip (the driver hands undecodable bytes over as surrogates).
+raw = machine.succeed("for i in $(seq 0 255); do printf \"\\\\$(printf %03o $i)\"; done").encode("utf-8", "surrogateescape")
+t.assertEqual(raw, bytes(range(256)))
+
+big = machine.succeed("head -c 1500000 /dev/urandom | base64 -w 0")
+t.assertEqual(len(base64.b64decode(big)), 1500000)
+
+# A guest-side timeout is exit status 124, and the shell is still usable afterwards.
+t.assertEqual(machine.execute("sleep 30", timeout=1)[0], 124)
+t.assertEqual(machine.succeed("echo $((6 * 7))"), "42\n")
+
+machine.fail("false", "test -e /nonexistent")
+t.assertEqual(machine.wait_until_succeeds("test $(cat /proc/uptime | cut -d. -f1) -gt 0"), "")
+machine.succeed("(sleep 2; touch /tmp/later) >/dev/null 2>&1 &")
+machine.wait_for_file("/tmp/later", timeout=30)
+t.assertEqual(machine.get_unit_property("multi-user.target", "ActiveState"), "active")
+machine.require_unit_state("multi-user.target")
+t.assertRegex(machine.send_monitor_command("info version"), r"\d+\.\d+")
