@@ -12,7 +12,7 @@ use crate::cache::{self, Cache, Entry, EntryPaths, Lookup, Staging};
 use crate::cli::RunArgs;
 use crate::copy_tree::copy_tree;
 use crate::driver::Outcome;
-use crate::lock::LockGuard;
+use crate::lock::{LockError, LockGuard};
 use crate::log;
 use crate::plan_load::LoadedPlan;
 use crate::report;
@@ -58,11 +58,27 @@ pub async fn run_plan(
     let Some(cache) = cache else {
         return run_uncached(args, plan, user_out, kept).await;
     };
+    if let Err(e) = cache.ensure() {
+        // A cache that cannot be written (a read-only home, the Nix sandbox) must not stop the test.
+        tracing::warn!(
+            "cannot create the result cache in {}: {e}; running without it",
+            cache.root().display()
+        );
+        return run_uncached(args, plan, user_out, kept).await;
+    }
     let key_lock = match lock_key(cache, plan) {
         Ok(lock) => lock,
-        Err(message) => {
-            tracing::error!("{}: {message}", plan.name);
+        Err(e @ LockError::Busy { .. }) => {
+            tracing::error!(
+                "{}: cannot lock cache key {}: {e}",
+                plan.name,
+                plan.cache_key
+            );
             return EXIT_BAD_INPUT;
+        }
+        Err(e) => {
+            tracing::warn!("cannot use the result cache: {e}; running without it");
+            return run_uncached(args, plan, user_out, kept).await;
         }
     };
     if skip_allowed {
@@ -258,11 +274,9 @@ fn keep_state(args: &RunArgs, plan: &LoadedPlan) -> Result<Option<KeptState>, St
 }
 
 /// The key's lock. A run that holds it is running the same test: wait for it (bounded by its global timeout).
-fn lock_key(cache: &Cache, plan: &LoadedPlan) -> Result<LockGuard, String> {
+fn lock_key(cache: &Cache, plan: &LoadedPlan) -> Result<LockGuard, LockError> {
     let key = &plan.cache_key;
-    let fail = |e: &dyn std::fmt::Display| format!("cannot lock cache key {key}: {e}");
-    cache.ensure().map_err(|e| fail(&e))?;
-    if let Some(lock) = cache.try_lock_key(key).map_err(|e| fail(&e))? {
+    if let Some(lock) = cache.try_lock_key(key)? {
         return Ok(lock);
     }
     let wait = Duration::from_secs(plan.plan.global_timeout) + KEY_WAIT_GRACE;
@@ -277,7 +291,7 @@ fn lock_key(cache: &Cache, plan: &LoadedPlan) -> Result<LockGuard, String> {
             wait.as_secs()
         ),
     );
-    cache.lock_key(key, wait).map_err(|e| fail(&e))
+    cache.lock_key(key, wait)
 }
 
 fn user_out_dir(args: &RunArgs, plan: &LoadedPlan, several: bool) -> Option<PathBuf> {

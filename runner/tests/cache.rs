@@ -473,3 +473,23 @@ fn no_cache_records_nothing() {
     assert!(env.path().join("artefact.txt").exists());
     assert!(env.ls().is_empty());
 }
+
+#[test]
+fn a_cache_that_cannot_be_created_does_not_stop_the_test() {
+    let env = Env::new();
+    std::fs::write(
+        env.path().join("cache"),
+        "a file where the cache dir would be",
+    )
+    .unwrap();
+    let run = env.run(&["run", "plan.json"], &[]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("cannot create the result cache")
+            && run.stderr.contains("running without it"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(env.runs(), 1);
+    assert!(env.path().join("artefact.txt").exists());
+}
