@@ -212,7 +212,7 @@ masked=(
   modprobe@drm.service modprobe@efi_pstore.service sys-kernel-debug.mount sys-kernel-tracing.mount
   dev-hugepages.mount dev-mqueue.mount sys-fs-fuse-connections.mount sys-kernel-config.mount
   systemd-logind.service modprobe@loop.service modprobe@dm_mod.service systemd-sysusers.service
-  systemd-random-seed.service systemd-modules-load.service kmod-static-nodes.service
+  systemd-random-seed.service systemd-modules-load.service kmod-static-nodes.service systemd-user-sessions.service
 )
 systemctl --root="$rootfs" mask "${masked[@]}" >/dev/null 2>&1
 # Generators run on every boot and each costs 0.2 to 0.3 s under TCG. Kept: debug (systemd.wants=,
@@ -229,6 +229,9 @@ for rules in 60-persistent-alsa 78-sound-card 60-persistent-v4l 70-joystick 70-c
   70-power-switch; do
   ln -sf /dev/null "$rootfs/etc/udev/rules.d/$rules.rules"
 done
+# systemd-user-sessions.service (masked: 1 to 2 s before multi-user.target under TCG) only removes the
+# /run/nologin that this tmpfiles entry creates at boot; without either, non-root logins work from the start.
+ln -sf /dev/null "$rootfs/etc/tmpfiles.d/systemd-nologin.conf"
 mkdir -p "$rootfs/tmp/shared"
 systemctl --root="$rootfs" disable nginx.service >/dev/null 2>&1 || true
 systemctl --root="$rootfs" set-default multi-user.target >/dev/null 2>&1
