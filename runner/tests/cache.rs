@@ -276,7 +276,7 @@ fn many_plans_at_once() {
 #[test]
 fn two_runs_of_the_same_test_at_once_run_it_once() {
     let env = Env::new();
-    let vars = [("TR_SLEEP", "1.5")];
+    let vars = [("TR_SLEEP", "3")];
     let a = env.spawn(&["run", "plan.json"], &vars);
     let b = env.spawn(&["run", "plan.json"], &vars);
     let (a, b) = (
@@ -405,7 +405,7 @@ fn kept_state_is_locked_naming_the_pid() {
     let started = env.path().join("STARTED");
     let holder = env.spawn(
         &["run", "-K", "plan.json"],
-        &[("TR_SLEEP", "2"), ("TR_STARTED", started.to_str().unwrap())],
+        &[("TR_SLEEP", "4"), ("TR_STARTED", started.to_str().unwrap())],
     );
     env.wait_for("STARTED");
     let second = env.run(&["run", "--keep-machine-state", "plan.json"], &[]);
