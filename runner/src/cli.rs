@@ -9,6 +9,8 @@ use clap::{ArgAction, Args, Parser, Subcommand};
 
 use crate::cache::{parse_duration, parse_size};
 use crate::log::LogFormat;
+use crate::nix_eval::NixArgs;
+use crate::plan_command::PlanArgs;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -25,17 +27,24 @@ pub struct Cli {
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run tests: plan files, nixpkgs' driverConfiguration.json, or the old driver's flags.
+    /// Run tests: FILE.nix -A ATTR or FLAKEREF#ATTR (evaluated with Nix), plan files, nixpkgs'
+    /// driverConfiguration.json, or the old driver's flags.
     Run(RunArgs),
+    /// Print the plan of a test named by FILE.nix -A ATTR or FLAKEREF#ATTR, as JSON.
+    Plan(PlanArgs),
     /// Inspect and clean the result cache.
     Cache(CacheArgs),
 }
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// Plan files (testrig-plan/1 or driverConfiguration.json). With `--start-scripts`, the test script instead.
-    #[arg(value_name = "PLAN")]
+    /// Tests: FILE.nix (with -A ATTR) or FLAKEREF#ATTR, evaluated with Nix; or plan files (testrig-plan/1 or
+    /// driverConfiguration.json). With `--start-scripts`, the test script instead.
+    #[arg(value_name = "TEST")]
     pub plans: Vec<PathBuf>,
+
+    #[command(flatten)]
+    pub nix: NixArgs,
 
     /// nixpkgs 26.05's driver configuration (driverConfiguration.json).
     #[arg(short = 'c', long = "config", value_name = "FILE")]
@@ -179,7 +188,16 @@ pub enum CacheCommand {
     },
 }
 
-const SUBCOMMANDS: &[&str] = &["run", "cache", "help", "--help", "-h", "--version", "-V"];
+const SUBCOMMANDS: &[&str] = &[
+    "run",
+    "plan",
+    "cache",
+    "help",
+    "--help",
+    "-h",
+    "--version",
+    "-V",
+];
 
 /// Parses the command line, treating `nixos-test-driver ARGS` and `testrig ARGS` without a subcommand as
 /// `testrig run ARGS`.

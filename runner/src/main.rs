@@ -9,6 +9,8 @@ mod driver;
 mod lock;
 mod log;
 mod machine;
+mod nix_eval;
+mod plan_command;
 mod plan_load;
 mod process;
 mod report;
@@ -36,6 +38,7 @@ fn main() -> ExitCode {
     let code = runtime.block_on(async {
         match cli.command {
             cli::Command::Run(args) => run_command::run(args).await,
+            cli::Command::Plan(args) => plan_command::run(args).await,
             cli::Command::Cache(args) => cache_command::run(args),
         }
     });

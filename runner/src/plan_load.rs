@@ -98,6 +98,21 @@ pub fn plan_from_flags(
     )
 }
 
+/// A plan that Nix evaluated (see `nix_eval`): already validated; its start scripts are store paths.
+pub fn load_evaluated_plan(
+    plan: Plan,
+    fallback_name: &str,
+    test_script_override: Option<&Path>,
+) -> Result<LoadedPlan, BadInput> {
+    finish(
+        plan,
+        Vec::new(),
+        Path::new("."),
+        fallback_name,
+        test_script_override,
+    )
+}
+
 /// nixpkgs' rule: `run-(.+)-vm$`, else `machine`.
 fn machine_name_from_start_script(path: &Path) -> String {
     let file = path

@@ -11,6 +11,7 @@ use crate::cli::RunArgs;
 use crate::driver::{run_test, Outcome, RunOptions, RunResult};
 use crate::log;
 use crate::machine::Timeouts;
+use crate::nix_eval;
 use crate::plan_load::{load_plan_file, plan_from_flags, BadInput, LoadedPlan};
 
 pub const EXIT_BAD_INPUT: u8 = 2;
@@ -21,7 +22,7 @@ pub async fn run(args: RunArgs) -> u8 {
         eprintln!("testrig: interactive mode (-I) is not supported yet");
         return EXIT_BAD_INPUT;
     }
-    let plans = match load_plans(&args) {
+    let plans = match load_plans(&args).await {
         Ok(plans) => plans,
         Err(e) => {
             eprintln!("testrig: {e}");
@@ -52,7 +53,7 @@ fn open_cache(args: &RunArgs) -> Option<Cache> {
     }
 }
 
-fn load_plans(args: &RunArgs) -> Result<Vec<LoadedPlan>, BadInput> {
+async fn load_plans(args: &RunArgs) -> Result<Vec<LoadedPlan>, BadInput> {
     let mut plans = Vec::new();
     if !args.start_scripts.is_empty() {
         let script = match (&args.test_script, args.plans.as_slice()) {
@@ -82,12 +83,30 @@ fn load_plans(args: &RunArgs) -> Result<Vec<LoadedPlan>, BadInput> {
             "nothing to run: name a plan file, or --config driverConfiguration.json".into(),
         ));
     }
+    let nix_refs: Vec<String> = args
+        .plans
+        .iter()
+        .map(|p| p.to_string_lossy().into_owned())
+        .filter(|p| nix_eval::is_nix_reference(p))
+        .collect();
+    if !args.nix.attrs.is_empty() && nix_refs.is_empty() {
+        return Err(BadInput(
+            "-A names an attribute of a FILE.nix, but no .nix file is given".into(),
+        ));
+    }
     for file in files {
-        let mut plan = load_plan_file(&file, args.test_script.as_deref())?;
-        if let Some(timeout) = args.global_timeout {
-            plan.plan.global_timeout = timeout;
+        let text = file.to_string_lossy();
+        let loaded = if nix_refs.iter().any(|r| *r == text) {
+            nix_eval::load_nix_plans(&args.nix, &text, args.test_script.as_deref()).await?
+        } else {
+            vec![load_plan_file(&file, args.test_script.as_deref())?]
+        };
+        for mut plan in loaded {
+            if let Some(timeout) = args.global_timeout {
+                plan.plan.global_timeout = timeout;
+            }
+            plans.push(plan);
         }
-        plans.push(plan);
     }
     Ok(plans)
 }

@@ -1,0 +1,690 @@
+//! Tests named by a Nix reference (`FILE.nix [-A ATTR]`, `FLAKEREF#ATTR`) become plans: `nix eval` with testrig's
+//! plugin (`builtins.nixosTestPlan`), or with the pure-Nix extractor `nix/plan.nix` when there is no plugin; then
+//! the start scripts' derivations are realised with `nix build`, so that the plans can run.
+//!
+//! Both extractors give the same plans; whatever comes back is validated and completed here by the same code
+//! (`plan_from_facts`), so a plan never depends on which one made it. Nothing here assumes a particular Nix
+//! installation: `nix` comes from `TESTRIG_NIX` or `PATH`.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Instant;
+
+use clap::Args;
+use testrig_bridge::{plan_from_facts, plans_from_facts_set, Plan};
+use thiserror::Error;
+use tokio::io::AsyncReadExt;
+use tokio::process::Command;
+
+use crate::plan_load::{load_evaluated_plan, BadInput, LoadedPlan};
+use crate::process::GroupChild;
+
+/// The pure-Nix extractor, passed to `nix eval --apply` as text so that it works from any installed location.
+const PLAN_NIX: &str = include_str!("../../nix/plan.nix");
+
+/// The plugin's file name, looked for next to the `testrig` binary.
+const PLUGIN_FILE: &str = "libtestrig.so";
+
+/// Said by the `--apply` expression when the plugin loaded but registered no builtin (a plugin built for another
+/// Nix does that, after printing why).
+const NOT_REGISTERED: &str = "testrig: builtins.nixosTestPlan is not available";
+
+/// How tests are evaluated: shared by `testrig run` and `testrig plan`.
+#[derive(Debug, Clone, Default, Args)]
+pub struct NixArgs {
+    /// The attribute of a FILE.nix to evaluate (like nix-build's -A); may be given several times.
+    #[arg(short = 'A', long = "attr", value_name = "ATTR")]
+    pub attrs: Vec<String>,
+
+    /// testrig's Nix plugin (default: libtestrig.so next to the binary, or in ../lib or ../plugin from it).
+    #[arg(long = "plugin", value_name = "PATH", env = "TESTRIG_PLUGIN")]
+    pub plugin: Option<PathBuf>,
+
+    /// Evaluate with the pure-Nix extractor (nix/plan.nix), even when the plugin is there.
+    #[arg(long = "no-plugin", conflicts_with = "plugin")]
+    pub no_plugin: bool,
+
+    /// Passed to a FILE.nix that is a function, as `nix eval --arg NAME EXPR`.
+    #[arg(long = "arg", num_args = 2, value_names = ["NAME", "EXPR"], action = clap::ArgAction::Append)]
+    pub arg: Vec<String>,
+
+    /// Passed to a FILE.nix that is a function, as `nix eval --argstr NAME STRING`.
+    #[arg(long = "argstr", num_args = 2, value_names = ["NAME", "STRING"], action = clap::ArgAction::Append)]
+    pub argstr: Vec<String>,
+}
+
+/// A test (or a set of tests) named on the command line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TestRef {
+    /// A Nix file and an attribute path in it (empty: the whole file).
+    File { path: PathBuf, attr: String },
+    /// `FLAKEREF#ATTR`, evaluated as `nix eval` evaluates it.
+    Flake(String),
+}
+
+impl std::fmt::Display for TestRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TestRef::File { path, attr } if attr.is_empty() => write!(f, "{}", path.display()),
+            TestRef::File { path, attr } => write!(f, "{} -A {attr}", path.display()),
+            TestRef::Flake(reference) => f.write_str(reference),
+        }
+    }
+}
+
+/// Whether a command-line argument names a Nix expression (`*.nix`, a directory with a default.nix, or
+/// `FLAKEREF#ATTR`) rather than a plan file.
+pub fn is_nix_reference(arg: &str) -> bool {
+    let path = Path::new(arg);
+    arg.contains('#')
+        || path.extension().is_some_and(|e| e == "nix")
+        || (path.is_dir() && path.join("default.nix").is_file())
+}
+
+/// The tests an argument names, with the `-A` attributes applied to a file (each one a test or a set of tests).
+pub fn references(arg: &str, attrs: &[String]) -> Result<Vec<TestRef>, String> {
+    if arg.contains('#') {
+        if !attrs.is_empty() {
+            return Err(format!(
+                "-A applies to a FILE.nix, not to the flake reference {arg}: write FLAKEREF#ATTR"
+            ));
+        }
+        return Ok(vec![TestRef::Flake(arg.to_owned())]);
+    }
+    let path = PathBuf::from(arg);
+    if attrs.is_empty() {
+        return Ok(vec![TestRef::File {
+            path,
+            attr: String::new(),
+        }]);
+    }
+    Ok(attrs
+        .iter()
+        .map(|attr| TestRef::File {
+            path: path.clone(),
+            attr: attr.clone(),
+        })
+        .collect())
+}
+
+#[derive(Debug, Error)]
+pub enum NixError {
+    #[error("cannot find `nix`: {0}")]
+    NixNotFound(String),
+    #[error("cannot use the plugin {}: {message}", .path.display())]
+    Plugin { path: PathBuf, message: String },
+    #[error("evaluating {reference} failed:\n{message}")]
+    Evaluation { reference: String, message: String },
+    #[error("evaluating {reference} gave a plan testrig cannot use: {message}")]
+    BadPlan { reference: String, message: String },
+    #[error("building the start scripts failed ({command}):\n{message}")]
+    Build { command: String, message: String },
+    #[error("cannot run {command}: {message}")]
+    Spawn { command: String, message: String },
+}
+
+/// What evaluating a reference gave: one plan, or the plans of a set with the attributes that were not tests.
+#[derive(Debug)]
+pub enum Evaluated {
+    One(Box<Plan>),
+    Set {
+        plans: Vec<(String, Plan)>,
+        skipped: Vec<(String, String)>,
+    },
+}
+
+impl Evaluated {
+    /// The plans with the names to give them when they have none (a set's attribute names).
+    pub fn plans(&self) -> Vec<(Option<&str>, &Plan)> {
+        match self {
+            Evaluated::One(plan) => vec![(None, &**plan)],
+            Evaluated::Set { plans, .. } => {
+                plans.iter().map(|(n, p)| (Some(n.as_str()), p)).collect()
+            }
+        }
+    }
+
+    /// The JSON `testrig plan` prints: a plan, or `{"plans": ..., "skipped": ...}`.
+    pub fn to_json(&self) -> serde_json::Value {
+        match self {
+            Evaluated::One(plan) => serde_json::to_value(plan).expect("a plan serialises"),
+            Evaluated::Set { plans, skipped } => serde_json::json!({
+                "plans": plans.iter().map(|(n, p)| (n.clone(), serde_json::to_value(p).expect("a plan serialises")))
+                    .collect::<serde_json::Map<_, _>>(),
+                "skipped": skipped.iter().map(|(n, r)| (n.clone(), serde_json::Value::from(r.as_str())))
+                    .collect::<serde_json::Map<_, _>>(),
+            }),
+        }
+    }
+}
+
+/// Which extractor evaluates the tests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Extractor {
+    Plugin(PathBuf),
+    PureNix,
+}
+
+/// A `nix` to evaluate with and the extractor it uses.
+#[derive(Debug)]
+pub struct Evaluator {
+    nix: PathBuf,
+    extractor: Extractor,
+    args: NixArgs,
+}
+
+impl Evaluator {
+    /// Finds `nix` and the plugin, and says which extractor will be used.
+    pub fn locate(args: &NixArgs) -> Result<Self, NixError> {
+        let nix = find_nix()?;
+        let extractor = if args.no_plugin {
+            tracing::info!(
+                "evaluating with the pure-Nix extractor (nix/plan.nix), as asked (--no-plugin)"
+            );
+            Extractor::PureNix
+        } else if let Some(path) = &args.plugin {
+            if !path.is_file() {
+                return Err(NixError::Plugin {
+                    path: path.clone(),
+                    message: "no such file (given by --plugin or TESTRIG_PLUGIN)".into(),
+                });
+            }
+            Extractor::Plugin(std::path::absolute(path).unwrap_or_else(|_| path.clone()))
+        } else {
+            let candidates = plugin_candidates();
+            match candidates.iter().find(|p| p.is_file()) {
+                Some(found) => Extractor::Plugin(found.clone()),
+                None => {
+                    tracing::info!(
+                        "testrig's Nix plugin was not found (looked for {}); evaluating with the pure-Nix \
+                         extractor (nix/plan.nix) instead",
+                        candidates
+                            .iter()
+                            .map(|p| p.display().to_string())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    );
+                    Extractor::PureNix
+                }
+            }
+        };
+        if let Extractor::Plugin(path) = &extractor {
+            tracing::info!("evaluating with testrig's Nix plugin {}", path.display());
+        }
+        Ok(Evaluator {
+            nix,
+            extractor,
+            args: args.clone(),
+        })
+    }
+
+    /// Evaluates one reference to its plans (validated, with their cache keys).
+    pub async fn evaluate(&self, reference: &TestRef) -> Result<Evaluated, NixError> {
+        let started = Instant::now();
+        let argv = self.eval_argv(reference);
+        let output = run_captured(&self.nix, &argv).await?;
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        if !output.success {
+            return Err(self.classify_failure(reference, &stderr));
+        }
+        // Nix's warnings and traces are the user's to see.
+        if !stderr.trim().is_empty() {
+            eprint!("{stderr}");
+        }
+        let value: serde_json::Value =
+            serde_json::from_slice(&output.stdout).map_err(|e| NixError::BadPlan {
+                reference: reference.to_string(),
+                message: format!("`nix eval --json` printed no JSON: {e}"),
+            })?;
+        let evaluated = completed(value).map_err(|message| NixError::BadPlan {
+            reference: reference.to_string(),
+            message,
+        })?;
+        tracing::info!(
+            "evaluated {reference} in {:.1} s: {}",
+            started.elapsed().as_secs_f64(),
+            describe(&evaluated)
+        );
+        Ok(evaluated)
+    }
+
+    /// Builds the derivations of the start scripts that are not in the store yet, showing Nix's progress.
+    pub async fn realise(&self, plans: &[&Plan]) -> Result<(), NixError> {
+        let mut wanted: Vec<(String, &str)> = Vec::new();
+        let mut missing_without_drv = Vec::new();
+        for plan in plans {
+            for vm in plan.vms.values() {
+                if Path::new(&vm.start_script).exists() {
+                    continue;
+                }
+                match &vm.drv {
+                    Some(drv) if !wanted.iter().any(|(d, _)| d == drv) => {
+                        wanted.push((drv.clone(), vm.name.as_str()))
+                    }
+                    Some(_) => {}
+                    None => missing_without_drv.push(vm.start_script.clone()),
+                }
+            }
+        }
+        if !missing_without_drv.is_empty() {
+            tracing::warn!(
+                "no derivation is known for {}; trying to run without building it",
+                missing_without_drv.join(", ")
+            );
+        }
+        if wanted.is_empty() {
+            tracing::debug!("every start script is in the store already");
+            return Ok(());
+        }
+        let machines: Vec<&str> = wanted.iter().map(|(_, m)| *m).collect();
+        tracing::info!(
+            "building {} start script{} ({}) with nix build",
+            wanted.len(),
+            if wanted.len() == 1 { "" } else { "s" },
+            machines.join(", ")
+        );
+        let started = Instant::now();
+        let mut argv = common_options();
+        argv.extend(["build".into(), "--no-link".into()]);
+        argv.extend(wanted.iter().map(|(drv, _)| format!("{drv}^out")));
+        let mut command = Command::new(&self.nix);
+        command
+            .args(&argv)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        let what = command_line(&self.nix, &argv[..argv.len().min(6)]);
+        let mut child =
+            GroupChild::spawn(&mut command, what.clone()).map_err(|e| spawn_error(&self.nix, e))?;
+        let status = child.wait().await.map_err(|e| NixError::Spawn {
+            command: what.clone(),
+            message: e.to_string(),
+        })?;
+        if !status.success() {
+            return Err(NixError::Build {
+                command: what,
+                message: format!("nix build exited with {status} (its messages are above)"),
+            });
+        }
+        tracing::info!(
+            "built the start scripts in {:.1} s",
+            started.elapsed().as_secs_f64()
+        );
+        Ok(())
+    }
+
+    fn eval_argv(&self, reference: &TestRef) -> Vec<String> {
+        let mut argv = Vec::new();
+        if let Extractor::Plugin(path) = &self.extractor {
+            // `plugin-files` must come before the subcommand: plugins load before it is parsed.
+            argv.extend([
+                "--option".into(),
+                "plugin-files".into(),
+                path.display().to_string(),
+            ]);
+        }
+        argv.extend(common_options());
+        argv.extend(["eval".into(), "--json".into()]);
+        match reference {
+            TestRef::File { path, attr } => {
+                // A file may read the environment (getEnv, currentSystem) as nix-build allows.
+                argv.extend([
+                    "--impure".into(),
+                    "--file".into(),
+                    path.display().to_string(),
+                ]);
+                for pair in self.args.arg.chunks(2) {
+                    argv.push("--arg".into());
+                    argv.extend(pair.iter().cloned());
+                }
+                for pair in self.args.argstr.chunks(2) {
+                    argv.push("--argstr".into());
+                    argv.extend(pair.iter().cloned());
+                }
+                argv.push(attr.clone());
+            }
+            TestRef::Flake(reference) => argv.push(reference.clone()),
+        }
+        argv.push("--apply".into());
+        argv.push(self.apply_expression());
+        argv
+    }
+
+    fn apply_expression(&self) -> String {
+        match &self.extractor {
+            Extractor::Plugin(path) => format!(
+                "v: if builtins ? nixosTestPlan then builtins.nixosTestPlan v else throw \"{NOT_REGISTERED}: the plugin {} loaded but did not register it\"",
+                path.display()
+            ),
+            Extractor::PureNix => format!("v: (\n{PLAN_NIX}\n) {{ test = v; }}"),
+        }
+    }
+
+    fn classify_failure(&self, reference: &TestRef, stderr: &str) -> NixError {
+        let message = stderr.trim_end().to_owned();
+        if let Extractor::Plugin(path) = &self.extractor {
+            if stderr.contains("could not dynamically open plugin file")
+                || stderr.contains(NOT_REGISTERED)
+            {
+                return NixError::Plugin {
+                    path: path.clone(),
+                    message: format!(
+                        "{message}\n(is it built for this Nix, {}? rebuild it with plugin/build.sh, or evaluate \
+                         without it: --no-plugin)",
+                        self.nix.display()
+                    ),
+                };
+            }
+        }
+        NixError::Evaluation {
+            reference: reference.to_string(),
+            message,
+        }
+    }
+}
+
+/// `testrig run`'s way in: evaluates `arg` (with the `-A` attributes), builds the start scripts, and loads the plans
+/// as plan files are loaded. A set's plans are named by their attributes when they have no name.
+pub async fn load_nix_plans(
+    nix: &NixArgs,
+    arg: &str,
+    test_script_override: Option<&Path>,
+) -> Result<Vec<LoadedPlan>, BadInput> {
+    let refs = references(arg, &nix.attrs).map_err(BadInput)?;
+    let evaluator = Evaluator::locate(nix).map_err(|e| BadInput(e.to_string()))?;
+    let mut evaluated = Vec::new();
+    for reference in &refs {
+        let result = evaluator
+            .evaluate(reference)
+            .await
+            .map_err(|e| BadInput(e.to_string()))?;
+        if let Evaluated::Set { skipped, .. } = &result {
+            for (name, reason) in skipped {
+                tracing::info!("{reference}: skipping `{name}`: {reason}");
+            }
+        }
+        evaluated.push(result);
+    }
+    let plans: Vec<&Plan> = evaluated
+        .iter()
+        .flat_map(|e| e.plans().into_iter().map(|(_, p)| p))
+        .collect();
+    evaluator
+        .realise(&plans)
+        .await
+        .map_err(|e| BadInput(e.to_string()))?;
+    let mut loaded = Vec::new();
+    for (result, reference) in evaluated.iter().zip(&refs) {
+        for (name, plan) in result.plans() {
+            let fallback = name.map(str::to_owned).unwrap_or_else(|| match reference {
+                TestRef::File { attr, .. } if !attr.is_empty() => attr.clone(),
+                _ => "nixos-test".into(),
+            });
+            loaded.push(load_evaluated_plan(
+                plan.clone(),
+                &fallback,
+                test_script_override,
+            )?);
+        }
+    }
+    Ok(loaded)
+}
+
+/// Options every `nix` call gets: the new CLI and flakes, whatever the user's nix.conf says.
+fn common_options() -> Vec<String> {
+    vec![
+        "--extra-experimental-features".into(),
+        "nix-command flakes".into(),
+    ]
+}
+
+/// `TESTRIG_NIX`, else `nix` on `PATH`.
+fn find_nix() -> Result<PathBuf, NixError> {
+    if let Some(nix) = std::env::var_os("TESTRIG_NIX").filter(|v| !v.is_empty()) {
+        let nix = PathBuf::from(nix);
+        if !nix.is_file() {
+            return Err(NixError::NixNotFound(format!(
+                "TESTRIG_NIX is {}, which is not a file",
+                nix.display()
+            )));
+        }
+        return Ok(nix);
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|dir| dir.join("nix"))
+        .find(|candidate| candidate.is_file())
+        .ok_or_else(|| {
+            NixError::NixNotFound(
+                "it is not on PATH and TESTRIG_NIX is not set (testrig evaluates tests with Nix 2.18 or later)"
+                    .into(),
+            )
+        })
+}
+
+/// Where the plugin may be, relative to the (resolved) binary: beside it; `../lib` (an installed package);
+/// `../plugin` (cargo's target dir, where plugin/build.sh puts it).
+fn plugin_candidates() -> Vec<PathBuf> {
+    let Some(dir) = std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.canonicalize().ok())
+        .and_then(|exe| exe.parent().map(Path::to_owned))
+    else {
+        return Vec::new();
+    };
+    vec![
+        dir.join(PLUGIN_FILE),
+        dir.join("../lib").join(PLUGIN_FILE),
+        dir.join("../lib/testrig").join(PLUGIN_FILE),
+        dir.join("../plugin").join(PLUGIN_FILE),
+    ]
+    .into_iter()
+    .map(|p| p.canonicalize().unwrap_or(p))
+    .collect()
+}
+
+/// What either extractor returned, validated and completed by the same code.
+fn completed(value: serde_json::Value) -> Result<Evaluated, String> {
+    let is_set = value.get("plans").is_some() && value.get("vms").is_none();
+    if !is_set {
+        return plan_from_facts(value)
+            .map(|plan| Evaluated::One(Box::new(plan)))
+            .map_err(|e| e.to_string());
+    }
+    let facts = serde_json::json!({
+        "tests": value.get("plans").cloned().unwrap_or_default(),
+        "skipped": value.get("skipped").cloned().unwrap_or_else(|| serde_json::json!({})),
+    });
+    let set = plans_from_facts_set(facts).map_err(|e| e.to_string())?;
+    Ok(Evaluated::Set {
+        plans: set.plans.into_iter().collect(),
+        skipped: set.skipped.into_iter().collect(),
+    })
+}
+
+fn describe(evaluated: &Evaluated) -> String {
+    match evaluated {
+        Evaluated::One(plan) => format!(
+            "test `{}` with {} machine{}",
+            plan.name.as_deref().unwrap_or("?"),
+            plan.vms.len(),
+            if plan.vms.len() == 1 { "" } else { "s" }
+        ),
+        Evaluated::Set { plans, skipped } => {
+            let mut text = format!(
+                "{} test{}",
+                plans.len(),
+                if plans.len() == 1 { "" } else { "s" }
+            );
+            if !skipped.is_empty() {
+                let names: Vec<&str> = skipped.iter().map(|(n, _)| n.as_str()).collect();
+                text += &format!(", skipped (not NixOS tests): {}", names.join(", "));
+            }
+            text
+        }
+    }
+}
+
+struct Captured {
+    success: bool,
+    stdout: Vec<u8>,
+    stderr: Vec<u8>,
+}
+
+async fn run_captured(program: &Path, argv: &[String]) -> Result<Captured, NixError> {
+    let mut command = Command::new(program);
+    command
+        .args(argv)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let what = command_line(program, &argv[..argv.len().min(8)]);
+    tracing::debug!("running {}", command_line(program, argv));
+    let mut child =
+        GroupChild::spawn(&mut command, what.clone()).map_err(|e| spawn_error(program, e))?;
+    let mut stdout = child.child_mut().stdout.take().expect("stdout is piped");
+    let mut stderr = child.child_mut().stderr.take().expect("stderr is piped");
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let (read_out, read_err, status) = tokio::join!(
+        stdout.read_to_end(&mut out),
+        stderr.read_to_end(&mut err),
+        child.wait()
+    );
+    let io = |e: std::io::Error| NixError::Spawn {
+        command: what.clone(),
+        message: e.to_string(),
+    };
+    read_out.map_err(io)?;
+    read_err.map_err(io)?;
+    let status = status.map_err(io)?;
+    Ok(Captured {
+        success: status.success(),
+        stdout: out,
+        stderr: err,
+    })
+}
+
+fn spawn_error(program: &Path, e: std::io::Error) -> NixError {
+    if e.kind() == std::io::ErrorKind::NotFound {
+        NixError::NixNotFound(format!("{}: {e}", program.display()))
+    } else {
+        NixError::Spawn {
+            command: program.display().to_string(),
+            message: e.to_string(),
+        }
+    }
+}
+
+/// A command line for messages (arguments with spaces quoted; the long `--apply` text shortened).
+fn command_line(program: &Path, argv: &[String]) -> String {
+    let mut line = program.display().to_string();
+    for arg in argv {
+        line.push(' ');
+        if arg.len() > 120 {
+            line.push_str("'...'");
+        } else if arg.contains([' ', '\n', '"', '\'']) || arg.is_empty() {
+            line.push_str(&format!("'{arg}'"));
+        } else {
+            line.push_str(arg);
+        }
+    }
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tells_nix_references_from_plan_files() {
+        assert!(is_nix_reference(".#checks.x86_64-linux"));
+        assert!(is_nix_reference("github:owner/repo#tests"));
+        assert!(is_nix_reference("tests/fixtures/default.nix"));
+        assert!(!is_nix_reference("plan.json"));
+        assert!(!is_nix_reference("driverConfiguration.json"));
+    }
+
+    #[test]
+    fn attributes_apply_to_files() {
+        let refs = references("f.nix", &["a".into(), "b.c".into()]).unwrap();
+        assert_eq!(
+            refs,
+            [
+                TestRef::File {
+                    path: "f.nix".into(),
+                    attr: "a".into()
+                },
+                TestRef::File {
+                    path: "f.nix".into(),
+                    attr: "b.c".into()
+                },
+            ]
+        );
+        assert_eq!(
+            references(".#x", &[]).unwrap(),
+            [TestRef::Flake(".#x".into())]
+        );
+        assert!(references(".#x", &["y".into()])
+            .unwrap_err()
+            .contains("FLAKEREF#ATTR"));
+        assert_eq!(refs[1].to_string(), "f.nix -A b.c");
+    }
+
+    #[test]
+    fn the_pure_nix_extractor_is_one_expression() {
+        let evaluator = Evaluator {
+            nix: "nix".into(),
+            extractor: Extractor::PureNix,
+            args: NixArgs::default(),
+        };
+        let apply = evaluator.apply_expression();
+        assert!(apply.starts_with("v: (\n") && apply.ends_with(") { test = v; }"));
+        let argv = evaluator.eval_argv(&TestRef::File {
+            path: "t.nix".into(),
+            attr: "x".into(),
+        });
+        assert_eq!(
+            argv[..2],
+            ["--extra-experimental-features", "nix-command flakes"]
+        );
+        assert!(argv.windows(2).any(|w| w == ["--file", "t.nix"]));
+    }
+
+    #[test]
+    fn the_plugin_comes_before_the_subcommand() {
+        let evaluator = Evaluator {
+            nix: "nix".into(),
+            extractor: Extractor::Plugin("/p/libtestrig.so".into()),
+            args: NixArgs::default(),
+        };
+        let argv = evaluator.eval_argv(&TestRef::Flake(".#t".into()));
+        assert_eq!(argv[..3], ["--option", "plugin-files", "/p/libtestrig.so"]);
+        let eval = argv.iter().position(|a| a == "eval").unwrap();
+        assert!(eval > 2);
+        assert!(
+            !argv.contains(&"--impure".to_owned()),
+            "flakes evaluate purely"
+        );
+    }
+
+    #[test]
+    fn sets_and_single_plans_are_completed_alike() {
+        let plan = serde_json::json!({
+            "schema": "testrig-plan/1", "name": "t", "test_script_text": "pass",
+            "vms": {"m": {"name": "m", "start_script": "/nix/store/x-nixos-vm/bin/run-m-vm"}}
+        });
+        let Evaluated::One(one) = completed(plan.clone()).unwrap() else {
+            panic!("not one plan")
+        };
+        assert_eq!(one.cache_key.as_ref().map(String::len), Some(32));
+        let set = completed(
+            serde_json::json!({"plans": {"t": plan}, "skipped": {"fmt": "a derivation"}}),
+        )
+        .unwrap();
+        let Evaluated::Set { plans, skipped } = set else {
+            panic!("not a set")
+        };
+        assert_eq!(plans[0].1, *one);
+        assert_eq!(skipped, [("fmt".to_owned(), "a derivation".to_owned())]);
+    }
+}

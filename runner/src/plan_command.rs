@@ -1,0 +1,64 @@
+//! `testrig plan REFERENCE [-A ATTR]`: prints the plan of a NixOS test named by a Nix reference (a FILE.nix and
+//! an attribute, or FLAKEREF#ATTR) as JSON on stdout, without building or running anything. A set of tests (a
+//! flake's `checks.<system>`) gives `{"plans": {<name>: plan}, "skipped": {<name>: reason}}`. Exit 0, or 2 when
+//! Nix cannot be found, the plugin cannot be used, or the evaluation fails.
+
+use clap::{ArgAction, Args};
+
+use crate::log::{self, LogFormat};
+use crate::nix_eval::{references, Evaluator, NixArgs};
+use crate::run_command::EXIT_BAD_INPUT;
+
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    /// FILE.nix (with -A ATTR), or FLAKEREF#ATTR: a NixOS test, or an attribute set of them.
+    #[arg(value_name = "REFERENCE")]
+    pub reference: String,
+
+    #[command(flatten)]
+    pub nix: NixArgs,
+
+    /// One line of JSON instead of an indented document.
+    #[arg(long = "compact")]
+    pub compact: bool,
+
+    /// More log on stderr.
+    #[arg(short = 'v', long = "verbose", action = ArgAction::Count)]
+    pub verbose: u8,
+
+    /// Less log on stderr (only errors).
+    #[arg(short = 'q', long = "quiet", action = ArgAction::Count)]
+    pub quiet: u8,
+}
+
+pub async fn run(args: PlanArgs) -> u8 {
+    log::init(args.verbose as i8 - args.quiet as i8, LogFormat::Human);
+    match plan(&args).await {
+        Ok(json) => {
+            println!("{json}");
+            0
+        }
+        Err(message) => {
+            eprintln!("testrig: {message}");
+            EXIT_BAD_INPUT
+        }
+    }
+}
+
+async fn plan(args: &PlanArgs) -> Result<String, String> {
+    let refs = references(&args.reference, &args.nix.attrs)?;
+    let [reference] = refs.as_slice() else {
+        return Err("testrig plan prints one test or one set of tests: give at most one -A".into());
+    };
+    let evaluator = Evaluator::locate(&args.nix).map_err(|e| e.to_string())?;
+    let evaluated = evaluator
+        .evaluate(reference)
+        .await
+        .map_err(|e| e.to_string())?;
+    let json = evaluated.to_json();
+    Ok(if args.compact {
+        json.to_string()
+    } else {
+        serde_json::to_string_pretty(&json).expect("JSON values serialise")
+    })
+}
