@@ -66,6 +66,18 @@ pub fn line(machine: Option<&str>, message: &str) {
     }
 }
 
+/// A line the test script printed (Python's stdout or stderr): passed through as it is, and kept in the log file.
+pub fn script_output(text: &str, to_stderr: bool) {
+    if let Some(file) = LOG_FILE.lock().unwrap().as_mut() {
+        let _ = writeln!(file, "{text}");
+    }
+    if to_stderr {
+        let _ = writeln!(std::io::stderr().lock(), "{text}");
+    } else {
+        let _ = writeln!(std::io::stdout().lock(), "{text}");
+    }
+}
+
 /// A serial console line.
 pub fn serial(machine: &str, text: &str) {
     tracing::info!(target: "serial", machine, "{text}");

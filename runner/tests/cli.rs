@@ -176,3 +176,36 @@ fn driver_configuration_with_legacy_flags() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn what_the_script_prints_reaches_stdout_and_the_cached_log() {
+    let dir = tempfile::tempdir().unwrap();
+    write_start_script(dir.path(), "run-machine-vm");
+    std::fs::write(
+        dir.path().join("plan.json"),
+        script_plan(
+            "print('hello from the script')\nimport sys\nprint('to stderr', file=sys.stderr)\n",
+        ),
+    )
+    .unwrap();
+    let out = testrig(dir.path(), &["run", "plan.json"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("hello from the script"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("to stderr"));
+    let entries = dir.path().join("cache/entries");
+    let entry = std::fs::read_dir(&entries)
+        .unwrap()
+        .flatten()
+        .next()
+        .expect("a cache entry");
+    let log = std::fs::read_to_string(entry.path().join("log.txt")).unwrap();
+    assert!(
+        log.contains("hello from the script") && log.contains("to stderr"),
+        "{log}"
+    );
+}

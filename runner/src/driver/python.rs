@@ -54,7 +54,32 @@ pub fn spawn(setup: &PythonSetup) -> Result<GroupChild> {
         .env("TESTRIG_RPC_SOCKET", setup.rpc_socket)
         .env("TESTRIG_SESSION", &session_path)
         .env("PYTHONDONTWRITEBYTECODE", "1")
-        .stdin(std::process::Stdio::null());
+        .stdin(std::process::Stdio::null())
+        // Piped so that what the script prints is in the run's log file too (see `forward_output`).
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
     GroupChild::spawn(&mut command, "python test script")
         .with_context(|| format!("failed to start the Python interpreter `{}`", setup.python))
+}
+
+/// Passes what the script prints through to the runner's stdout/stderr and into the log file; the returned task
+/// ends when Python's pipes close.
+pub fn forward_output(python: &mut GroupChild) -> tokio::task::JoinHandle<()> {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let stdout = python.child_mut().stdout.take();
+    let stderr = python.child_mut().stderr.take();
+    tokio::spawn(async move {
+        let pump = |stream: Option<Box<dyn tokio::io::AsyncRead + Unpin + Send>>,
+                    to_stderr: bool| async move {
+            let Some(stream) = stream else { return };
+            let mut lines = BufReader::new(stream).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                crate::log::script_output(&line, to_stderr);
+            }
+        };
+        tokio::join!(
+            pump(stdout.map(|s| Box::new(s) as _), false),
+            pump(stderr.map(|s| Box::new(s) as _), true)
+        );
+    })
 }

@@ -117,6 +117,7 @@ pub async fn run_test(plan: &LoadedPlan, options: &RunOptions) -> Result<RunResu
         out_dir: &options.out_dir,
     })?;
 
+    let output = python::forward_output(&mut python);
     let global_timeout = Duration::from_secs(plan.plan.global_timeout);
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
@@ -149,6 +150,8 @@ pub async fn run_test(plan: &LoadedPlan, options: &RunOptions) -> Result<RunResu
     }
 
     teardown(&session, &mut python, server, switches, &outcome).await;
+    // Python is gone, so its pipes close; the bound only guards against a grandchild holding them open.
+    let _ = tokio::time::timeout(Duration::from_secs(2), output).await;
     let subtests = session.subtests.lock().unwrap().clone();
     if let Some(path) = &options.junit_xml {
         report::write_junit(path, &plan.name, &outcome, started.elapsed(), &subtests)
