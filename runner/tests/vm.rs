@@ -254,3 +254,101 @@ fn sigkill_of_the_runner_leaves_no_process() {
 fn sigint_tears_everything_down() {
     assert_eq!(signal_mid_run(2), Some(130));
 }
+
+/// A one-machine test in `dir` whose start script wraps the one-node example's; `variant` changes the script's
+/// content (and so the node's identity) without changing what it boots.
+fn one_machine_plan(dir: &Path, script: &str, variant: u32) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let start = dir.join("run-machine-vm");
+    let example = repo().join("tests/examples/one-node/run-machine-vm");
+    std::fs::write(
+        &start,
+        format!(
+            "#!/bin/sh\n# variant {variant}\nexec {} \"$@\"\n",
+            example.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&start, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::write(dir.join("test.py"), script).unwrap();
+    let plan = dir.join("plan.json");
+    std::fs::write(
+        &plan,
+        r#"{"schema": "testrig-plan/1", "name": "kept", "test_script": "test.py",
+            "vms": {"machine": {"name": "machine", "start_script": "run-machine-vm"}}}"#,
+    )
+    .unwrap();
+    plan
+}
+
+fn run_in(scratch: &Path, args: &[&str]) -> Output {
+    testrig_command(args, scratch)
+        .output()
+        .expect("testrig runs")
+}
+
+#[test]
+#[ignore = "boots VMs: run by tests/run-all"]
+fn a_passed_test_is_answered_from_the_cache_until_asked_to_rerun() {
+    let scratch = tempfile::tempdir().unwrap();
+    let plan = "tests/examples/one-node/plan.json";
+    let first = run_in(scratch.path(), &["run", plan]);
+    assert_eq!(first.status.code(), Some(0), "{}", stderr(&first));
+    assert_eq!(qemu_pids(&stderr(&first)).len(), 1);
+
+    // Again, and with another Python interpreter (a driver change): answered from the cache, nothing booted.
+    for args in [
+        &["run", plan][..],
+        &["run", "--python", "/usr/bin/python3", plan][..],
+    ] {
+        let started = Instant::now();
+        let again = run_in(scratch.path(), args);
+        let took = started.elapsed();
+        let log = format!(
+            "{}{}",
+            String::from_utf8_lossy(&again.stdout),
+            stderr(&again)
+        );
+        assert_eq!(again.status.code(), Some(0), "{log}");
+        assert!(log.contains("one-node: passed (cached, "), "{log}");
+        assert!(qemu_pids(&log).is_empty(), "a cached run booted: {log}");
+        assert!(took < Duration::from_secs(2), "cached answer took {took:?}");
+    }
+
+    let rerun = run_in(scratch.path(), &["run", "--rerun", plan]);
+    assert_eq!(rerun.status.code(), Some(0), "{}", stderr(&rerun));
+    assert_eq!(qemu_pids(&stderr(&rerun)).len(), 1, "--rerun must boot");
+}
+
+#[test]
+#[ignore = "boots VMs: run by tests/run-all"]
+fn kept_state_survives_and_a_changed_node_starts_from_a_fresh_disk() {
+    let scratch = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let write = "machine.succeed('echo kept > /root/state-file && sync')\nmachine.shutdown()\n";
+    let plan = one_machine_plan(dir.path(), write, 1);
+    let plan = plan.to_str().unwrap();
+    let out = run_in(scratch.path(), &["run", "-K", plan]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+
+    let read = "t.assertEqual(machine.succeed('cat /root/state-file'), 'kept\\n')\n";
+    one_machine_plan(dir.path(), read, 1);
+    let out = run_in(scratch.path(), &["run", "-K", plan]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "the file did not survive: {}",
+        stderr(&out)
+    );
+
+    // A changed node: the old disk is not reused, and the run says so.
+    let absent = "machine.fail('test -e /root/state-file')\n";
+    one_machine_plan(dir.path(), absent, 2);
+    let out = run_in(scratch.path(), &["run", "-K", plan]);
+    let log = stderr(&out);
+    assert_eq!(out.status.code(), Some(0), "{log}");
+    assert!(
+        log.contains("machine") && log.contains("changed"),
+        "no message about the changed node: {log}"
+    );
+}
