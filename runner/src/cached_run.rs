@@ -48,6 +48,10 @@ pub async fn run_plan(
         }
     }
 
+    if let Err(e) = plan.check_start_scripts() {
+        eprintln!("testrig: {e}");
+        return EXIT_BAD_INPUT;
+    }
     let kept = match keep_state(args, plan) {
         Ok(kept) => kept,
         Err(message) => {

@@ -154,9 +154,7 @@ fn finish(
 
     let mut start_scripts = BTreeMap::new();
     for (name, vm) in &plan.vms {
-        let path = resolve(base, &vm.start_script);
-        check_executable(name, &path)?;
-        start_scripts.insert(name.clone(), path);
+        start_scripts.insert(name.clone(), resolve(base, &vm.start_script));
     }
 
     let digests: BTreeMap<String, String> = plan
@@ -183,6 +181,16 @@ fn finish(
         cache_key: key,
         warnings,
     })
+}
+
+impl LoadedPlan {
+    /// Every start script is an executable file. Checked when the test is about to run, not when it is loaded,
+    /// so that a cached pass is answered even after its store paths were garbage-collected.
+    pub fn check_start_scripts(&self) -> Result<(), BadInput> {
+        self.start_scripts
+            .iter()
+            .try_for_each(|(machine, path)| check_executable(machine, path))
+    }
 }
 
 fn resolve(base: &Path, path: &str) -> PathBuf {
@@ -244,14 +252,22 @@ mod tests {
             .unwrap();
         };
         write(r#""a": {"name": "a", "start_script": "run-a-vm"}"#);
-        let err = load_plan_file(&plan, None).unwrap_err().to_string();
+        let err = load_plan_file(&plan, None)
+            .unwrap()
+            .check_start_scripts()
+            .unwrap_err()
+            .to_string();
         assert!(
             err.contains("machine `a`: start script") && err.contains("No such file"),
             "{err}"
         );
 
         std::fs::write(dir.path().join("run-a-vm"), "#!/bin/sh\n").unwrap();
-        let err = load_plan_file(&plan, None).unwrap_err().to_string();
+        let err = load_plan_file(&plan, None)
+            .unwrap()
+            .check_start_scripts()
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("is not an executable file"), "{err}");
 
         std::fs::set_permissions(
@@ -260,6 +276,7 @@ mod tests {
         )
         .unwrap();
         let loaded = load_plan_file(&plan, None).unwrap();
+        loaded.check_start_scripts().unwrap();
         assert_eq!(loaded.start_scripts["a"], dir.path().join("run-a-vm"));
 
         // Local start scripts are keyed by content.

@@ -209,3 +209,23 @@ fn what_the_script_prints_reaches_stdout_and_the_cached_log() {
         "{log}"
     );
 }
+
+#[test]
+fn a_cached_pass_is_answered_after_its_start_script_is_gone() {
+    // As after `nix-collect-garbage` removed a passed test's VM: the answer needs no start script.
+    let (code, stderr, dir) = run_plan(&script_plan("pass\n"));
+    assert_eq!(code, 0, "{stderr}");
+    std::fs::remove_file(dir.path().join("run-machine-vm")).unwrap();
+    let out = testrig(dir.path(), &["run", "plan.json"]);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(text.contains("passed (cached, "), "{text}");
+    // Running it for real still names the missing script.
+    let out = testrig(dir.path(), &["run", "--rerun", "plan.json"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("machine `machine`: start script"));
+}
