@@ -327,27 +327,39 @@ impl Evaluator {
         argv.extend(["eval".into(), "--json".into()]);
         match reference {
             TestRef::File { path, attr } => {
-                // A file may read the environment (getEnv, currentSystem) as nix-build allows.
+                // A file may read the environment (getEnv, currentSystem) as nix-build allows. `--expr` rather
+                // than `--file`, so that a file that is a function is called even without an attribute path.
                 argv.extend([
                     "--impure".into(),
-                    "--file".into(),
-                    path.display().to_string(),
+                    "--expr".into(),
+                    self.file_expression(path),
                 ]);
-                for pair in self.args.arg.chunks(2) {
-                    argv.push("--arg".into());
-                    argv.extend(pair.iter().cloned());
+                if !attr.is_empty() {
+                    argv.push(attr.clone());
                 }
-                for pair in self.args.argstr.chunks(2) {
-                    argv.push("--argstr".into());
-                    argv.extend(pair.iter().cloned());
-                }
-                argv.push(attr.clone());
             }
             TestRef::Flake(reference) => argv.push(reference.clone()),
         }
         argv.push("--apply".into());
         argv.push(self.apply_expression());
         argv
+    }
+
+    /// `import FILE`, called like nix-build calls a file that is a function: with the `--arg`/`--argstr` values it
+    /// names, its other arguments left to their defaults.
+    fn file_expression(&self, path: &Path) -> String {
+        let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_owned());
+        let mut args = String::new();
+        for pair in self.args.arg.chunks(2) {
+            args += &format!("{} = ({}); ", nix_string(&pair[0]), pair[1]);
+        }
+        for pair in self.args.argstr.chunks(2) {
+            args += &format!("{} = {}; ", nix_string(&pair[0]), nix_string(&pair[1]));
+        }
+        format!(
+            "let f = import (/. + {}); in if builtins.isFunction f then f (builtins.intersectAttrs (builtins.functionArgs f) {{ {args}}}) else f",
+            nix_string(&absolute.display().to_string())
+        )
     }
 
     fn apply_expression(&self) -> String {
@@ -361,11 +373,22 @@ impl Evaluator {
     }
 
     fn classify_failure(&self, reference: &TestRef, stderr: &str) -> NixError {
-        let message = stderr.trim_end().to_owned();
+        let mut message = stderr.trim_end().to_owned();
+        // Nix quotes the `--apply` expression's source in traces, so only its error line counts.
+        let not_registered = stderr.contains(&format!("error: {NOT_REGISTERED}"));
         if let Extractor::Plugin(path) = &self.extractor {
-            if stderr.contains("could not dynamically open plugin file")
-                || stderr.contains(NOT_REGISTERED)
-            {
+            if not_registered {
+                // What the plugin said when it declined is the useful part, not the trace of our `throw`.
+                let said: Vec<&str> = stderr
+                    .lines()
+                    .take_while(|l| !l.starts_with("error:"))
+                    .collect();
+                message = format!(
+                    "{}it loaded but did not register builtins.nixosTestPlan",
+                    said.iter().map(|l| format!("{l}\n")).collect::<String>()
+                );
+            }
+            if not_registered || stderr.contains("could not dynamically open plugin file") {
                 return NixError::Plugin {
                     path: path.clone(),
                     message: format!(
@@ -436,6 +459,15 @@ fn common_options() -> Vec<String> {
         "--extra-experimental-features".into(),
         "nix-command flakes".into(),
     ]
+}
+
+/// A Nix string literal.
+fn nix_string(s: &str) -> String {
+    let escaped = s
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace("${", "\\${");
+    format!("\"{escaped}\"")
 }
 
 /// `TESTRIG_NIX`, else `nix` on `PATH`.
@@ -647,7 +679,9 @@ mod tests {
             argv[..2],
             ["--extra-experimental-features", "nix-command flakes"]
         );
-        assert!(argv.windows(2).any(|w| w == ["--file", "t.nix"]));
+        let expr = argv.iter().position(|a| a == "--expr").unwrap();
+        assert!(argv[expr + 1].contains("import (/. + \"/") && argv[expr + 2] == "x");
+        assert_eq!(nix_string("a\"b${c}\\"), r#""a\"b\${c}\\""#);
     }
 
     #[test]
