@@ -406,16 +406,19 @@ impl Evaluator {
     }
 }
 
-/// `testrig run`'s way in: evaluates `arg` (with the `-A` attributes), builds the start scripts, and loads the plans
-/// as plan files are loaded. A set's plans are named by their attributes when they have no name.
+/// `testrig run`'s way in: evaluates `arg` (with the `-A` attributes), loads the plans as plan files are loaded,
+/// and builds the start scripts of those that will run: a test the cache will answer (`answered`) needs no VM, so
+/// a cached pass costs no build even after its VMs were garbage-collected. A set's plans are named by their
+/// attributes when they have no name.
 pub async fn load_nix_plans(
     nix: &NixArgs,
     arg: &str,
     test_script_override: Option<&Path>,
+    answered: &dyn Fn(&LoadedPlan) -> bool,
 ) -> Result<Vec<LoadedPlan>, BadInput> {
     let refs = references(arg, &nix.attrs).map_err(BadInput)?;
     let evaluator = Evaluator::locate(nix).map_err(|e| BadInput(e.to_string()))?;
-    let mut evaluated = Vec::new();
+    let mut loaded = Vec::new();
     for reference in &refs {
         let result = evaluator
             .evaluate(reference)
@@ -426,18 +429,6 @@ pub async fn load_nix_plans(
                 tracing::info!("{reference}: skipping `{name}`: {reason}");
             }
         }
-        evaluated.push(result);
-    }
-    let plans: Vec<&Plan> = evaluated
-        .iter()
-        .flat_map(|e| e.plans().into_iter().map(|(_, p)| p))
-        .collect();
-    evaluator
-        .realise(&plans)
-        .await
-        .map_err(|e| BadInput(e.to_string()))?;
-    let mut loaded = Vec::new();
-    for (result, reference) in evaluated.iter().zip(&refs) {
         for (name, plan) in result.plans() {
             let fallback = name.map(str::to_owned).unwrap_or_else(|| match reference {
                 TestRef::File { attr, .. } if !attr.is_empty() => attr.clone(),
@@ -450,6 +441,22 @@ pub async fn load_nix_plans(
             )?);
         }
     }
+    let to_build: Vec<&Plan> = loaded
+        .iter()
+        .filter(|plan| !answered(plan))
+        .map(|plan| &plan.plan)
+        .collect();
+    if to_build.len() < loaded.len() {
+        tracing::debug!(
+            "{} of {} tests will be answered from the cache; not building their VMs",
+            loaded.len() - to_build.len(),
+            loaded.len()
+        );
+    }
+    evaluator
+        .realise(&to_build)
+        .await
+        .map_err(|e| BadInput(e.to_string()))?;
     Ok(loaded)
 }
 

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::cache::Cache;
+use crate::cache::{Cache, Lookup};
 use crate::cached_run;
 use crate::cli::RunArgs;
 use crate::driver::{run_test, Outcome, RunOptions, RunResult};
@@ -22,14 +22,14 @@ pub async fn run(args: RunArgs) -> u8 {
         eprintln!("testrig: interactive mode (-I) is not supported yet");
         return EXIT_BAD_INPUT;
     }
-    let plans = match load_plans(&args).await {
+    let cache = open_cache(&args);
+    let plans = match load_plans(&args, cache.as_ref()).await {
         Ok(plans) => plans,
         Err(e) => {
             eprintln!("testrig: {e}");
             return EXIT_BAD_INPUT;
         }
     };
-    let cache = open_cache(&args);
     let several = plans.len() > 1;
     let mut worst = 0;
     for plan in &plans {
@@ -53,7 +53,16 @@ fn open_cache(args: &RunArgs) -> Option<Cache> {
     }
 }
 
-async fn load_plans(args: &RunArgs) -> Result<Vec<LoadedPlan>, BadInput> {
+/// Whether `cached_run` will answer `plan` from the cache without running it (so its VMs need not be built).
+fn answered_from_cache(args: &RunArgs, cache: Option<&Cache>, plan: &LoadedPlan) -> bool {
+    let skip_allowed = !args.rerun && !args.keep_vm_state;
+    skip_allowed
+        && cache.is_some_and(|cache| {
+            matches!(cache.lookup(&plan.cache_key), Lookup::Found(found) if found.entry.is_skippable_pass())
+        })
+}
+
+async fn load_plans(args: &RunArgs, cache: Option<&Cache>) -> Result<Vec<LoadedPlan>, BadInput> {
     let mut plans = Vec::new();
     if !args.start_scripts.is_empty() {
         let script = match (&args.test_script, args.plans.as_slice()) {
@@ -80,7 +89,7 @@ async fn load_plans(args: &RunArgs) -> Result<Vec<LoadedPlan>, BadInput> {
         .collect();
     if files.is_empty() {
         return Err(BadInput(
-            "nothing to run: name a plan file, or --config driverConfiguration.json".into(),
+            "nothing to run: name a test (FILE.nix -A ATTR, FLAKEREF#ATTR), a plan file, or --config driverConfiguration.json".into(),
         ));
     }
     let nix_refs: Vec<String> = args
@@ -97,7 +106,9 @@ async fn load_plans(args: &RunArgs) -> Result<Vec<LoadedPlan>, BadInput> {
     for file in files {
         let text = file.to_string_lossy();
         let loaded = if nix_refs.iter().any(|r| *r == text) {
-            nix_eval::load_nix_plans(&args.nix, &text, args.test_script.as_deref()).await?
+            let answered = |plan: &LoadedPlan| answered_from_cache(args, cache, plan);
+            nix_eval::load_nix_plans(&args.nix, &text, args.test_script.as_deref(), &answered)
+                .await?
         } else {
             vec![load_plan_file(&file, args.test_script.as_deref())?]
         };
