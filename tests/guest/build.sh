@@ -30,13 +30,17 @@ log() { echo "guest build: $*" >&2; }
 die() { echo "guest build: error: $*" >&2; exit 1; }
 
 # --- the cache key: every input that changes the guest
+# Only the executable bit of a mode counts, and sorting is bytewise: a copy of this directory in the Nix store
+# (modes 0444/0555, no locale) hashes the same as the checkout.
 inputs_hash() {
   (
     cd "$here"
+    export LC_ALL=C
     {
       sha256sum build.sh packages.txt modules.txt initramfs-init
-      find overlay \( -type f -o -type l \) -print0 | sort -z | xargs -0 stat -c '%n %a' 
       find overlay -type f -print0 | sort -z | xargs -0 sha256sum
+      find overlay -type f -perm -u+x | sort
+      find overlay -type l -printf '%p -> %l\n' | sort
     } | sha256sum | cut -c1-12
   )
 }
