@@ -136,7 +136,14 @@ let
     copy "memory_mb" [ "virtualisation" "memorySize" ] node id
     // copy "cores" [ "virtualisation" "cores" ] node id
     // copy "node_number" [ "virtualisation" "test" "nodeNumber" ] node id
-    // (if vlans == [ ] then { } else { inherit vlans; });
+    # `vlans = [ ]` means no vlan NIC: written whenever the node has the options, so Rust's default `[ 1 ]` is
+    # only for nodes without them.
+    // (
+      if has [ "virtualisation" "vlans" ] node || has [ "virtualisation" "interfaces" ] node then
+        { inherit vlans; }
+      else
+        { }
+    );
 
   # A VM from a node's NixOS configuration: the start script is the main program of `system.build.vm`.
   vmFromNode =

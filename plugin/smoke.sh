@@ -52,6 +52,10 @@ check "26.05 runTest (driverConfiguration)" withDriverConfiguration '
 check "runTest before 26.05 (testScript a function of nodes)" runTest '
   .name == "web" and .test_script_text == "machine.succeed('"'"'true'"'"') # 512"
   and (.vms.machine.start_script | endswith("/bin/run-machine-vm")) and .global_timeout == 3600'
+check "a node with vlans = [ ] gets no vlan (not the default [ 1 ])" \
+  'let m = runTest.config.nodes.machine; in runTest // { config = runTest.config // {
+     nodes.machine = m // { virtualisation = m.virtualisation // { vlans = [ ]; }; }; }; }' \
+  '.vms.machine.vlans == [] and .vlans == []'
 check "legacy make-test-python.nix" legacy '.name == "old" and (.vms.machine.drv | endswith(".drv"))'
 check "a set of tests, non-tests skipped with a reason" checks '
   (.plans | keys) == ["legacy", "runTest", "withDriverConfiguration"]

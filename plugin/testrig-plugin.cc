@@ -196,21 +196,26 @@ struct Walker
         copy(vm, "memory_mb", node, "virtualisation.memorySize", subject, &Walker::integer);
         copy(vm, "cores", node, "virtualisation.cores", subject, &Walker::integer);
         copy(vm, "node_number", node, "virtualisation.test.nodeNumber", subject, &Walker::integer);
+        // `vlans = [ ]` means no vlan NIC, so it is written whenever the node has the option (Rust fills in
+        // nixpkgs' default `[ 1 ]` only when it is absent).
         json vlans = json::array();
+        bool hasVlans = false;
         if (auto list = find(node, "virtualisation.vlans", subject)) {
+            hasVlans = true;
             auto ctx = evaluating("virtualisation.vlans", subject);
             state.forceList(*list, pos, ctx);
             for (auto elem : list->listItems())
                 vlans.push_back(integer(*elem, ctx));
         }
         if (auto interfaces = find(node, "virtualisation.interfaces", subject)) {
+            hasVlans = true;
             auto ctx = evaluating("virtualisation.interfaces", subject);
             state.forceAttrs(*interfaces, pos, ctx);
             for (auto & i : *interfaces->attrs())
                 if (auto vlan = find(*i.value, "vlan", subject))
                     vlans.push_back(integer(*vlan, ctx));
         }
-        if (!vlans.empty())
+        if (hasVlans)
             vm["vlans"] = vlans;
     }
 

@@ -175,6 +175,14 @@ mod tests {
     }
 
     #[test]
+    fn an_explicitly_empty_vlan_list_means_no_vlan() {
+        let text = plan_with_vms(r#""a": {"name": "a", "start_script": "/a", "vlans": []}"#);
+        let plan = parse_plan(&text).unwrap().plan;
+        assert_eq!(plan.vms["a"].vlans, Some(vec![]));
+        assert!(plan.vlans.is_empty());
+    }
+
+    #[test]
     fn rejects_bad_machines() {
         assert_eq!(
             err(&plan_with_vms(
