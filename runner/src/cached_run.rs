@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use crate::cache::{self, Cache, Entry, EntryPaths, Lookup, Staging};
 use crate::cli::RunArgs;
 use crate::copy_tree::copy_tree;
-use crate::driver::Outcome;
+use crate::driver::{Outcome, RunResult, SubtestRecord};
 use crate::lock::{LockError, LockGuard};
 use crate::log;
 use crate::plan_load::LoadedPlan;
@@ -151,18 +151,12 @@ async fn run_recorded(
     // Every machine is gone once `execute` returns: the state dirs are free.
     drop(kept);
 
-    let (outcome, subtests, code) = match &result {
-        Ok(r) => (r.outcome.clone(), r.subtests.clone(), r.outcome.exit_code()),
-        Err(e) => (
-            Outcome::Failed(format!("{e:#}")),
-            Vec::new(),
-            EXIT_BAD_INPUT,
-        ),
-    };
-    let duration = result
-        .as_ref()
-        .map(|r| r.duration)
-        .unwrap_or_else(|_| started.elapsed());
+    let Summary {
+        outcome,
+        subtests,
+        code,
+        duration,
+    } = Summary::of(&result, started);
     let junit = staging.paths().junit();
     if let Err(e) = report::write_junit(&junit, &plan.name, &outcome, duration, &subtests) {
         tracing::warn!("failed to write JUnit report {}: {e}", junit.display());
@@ -219,25 +213,46 @@ async fn run_uncached(
     let state_dirs = kept.as_ref().map(|k| k.dirs.clone());
     let result = execute(args, plan, out_dir, state_dirs).await;
     drop(kept);
-    let (outcome, subtests, code) = match &result {
-        Ok(r) => (r.outcome.clone(), r.subtests.clone(), r.outcome.exit_code()),
-        Err(e) => (
-            Outcome::Failed(format!("{e:#}")),
-            Vec::new(),
-            EXIT_BAD_INPUT,
-        ),
-    };
+    let Summary {
+        outcome,
+        subtests,
+        code,
+        duration,
+    } = Summary::of(&result, started);
     if let Some(path) = &args.junit_xml {
-        let duration = result
-            .as_ref()
-            .map(|r| r.duration)
-            .unwrap_or_else(|_| started.elapsed());
         if let Err(e) = report::write_junit(path, &plan.name, &outcome, duration, &subtests) {
             tracing::error!("failed to write JUnit report {}: {e}", path.display());
             return code.max(EXIT_BAD_INPUT);
         }
     }
     code
+}
+
+/// What a run (or its failure to run) amounts to, for the report and the exit status.
+struct Summary {
+    outcome: Outcome,
+    subtests: Vec<SubtestRecord>,
+    code: u8,
+    duration: Duration,
+}
+
+impl Summary {
+    fn of(result: &anyhow::Result<RunResult>, started: Instant) -> Self {
+        match result {
+            Ok(r) => Summary {
+                outcome: r.outcome.clone(),
+                subtests: r.subtests.clone(),
+                code: r.outcome.exit_code(),
+                duration: r.duration,
+            },
+            Err(e) => Summary {
+                outcome: Outcome::Failed(format!("{e:#}")),
+                subtests: Vec::new(),
+                code: EXIT_BAD_INPUT,
+                duration: started.elapsed(),
+            },
+        }
+    }
 }
 
 fn log_preamble(plan: &LoadedPlan, kept: Option<&KeptState>) {

@@ -132,7 +132,6 @@ pub async fn execute(
     let options = RunOptions {
         out_dir,
         state_dirs,
-        junit_xml: None,
         python: args
             .python
             .clone()

@@ -15,7 +15,6 @@ use crate::log;
 use crate::machine::{Machine, Timeouts, VmConfig};
 use crate::plan_load::LoadedPlan;
 use crate::process::TERMINATE_GRACE;
-use crate::report;
 use crate::vlan::VdeSwitch;
 
 #[derive(Debug, Clone)]
@@ -23,7 +22,6 @@ pub struct RunOptions {
     pub out_dir: PathBuf,
     /// Where each machine's state dir lives across runs; `None` for a fresh dir per run.
     pub state_dirs: Option<BTreeMap<String, PathBuf>>,
-    pub junit_xml: Option<PathBuf>,
     pub python: String,
     pub timeouts: Timeouts,
 }
@@ -153,10 +151,6 @@ pub async fn run_test(plan: &LoadedPlan, options: &RunOptions) -> Result<RunResu
     // Python is gone, so its pipes close; the bound only guards against a grandchild holding them open.
     let _ = tokio::time::timeout(Duration::from_secs(2), output).await;
     let subtests = session.subtests.lock().unwrap().clone();
-    if let Some(path) = &options.junit_xml {
-        report::write_junit(path, &plan.name, &outcome, started.elapsed(), &subtests)
-            .with_context(|| format!("failed to write JUnit report {}", path.display()))?;
-    }
     drop(run_dir);
     Ok(RunResult {
         outcome,
