@@ -25,3 +25,21 @@ machine.wait_for_file("/tmp/later", timeout=30)
 t.assertEqual(machine.get_unit_property("multi-user.target", "ActiveState"), "active")
 machine.require_unit_state("multi-user.target")
 t.assertRegex(machine.send_monitor_command("info version"), r"\d+\.\d+")
+
+# Files both ways through the shared dir, screenshots and the console log.
+import os
+import tempfile
+
+with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as f:
+    f.write("from the host\n")
+machine.copy_from_host(f.name, "/root/copied/host.txt")
+t.assertEqual(machine.succeed("cat /root/copied/host.txt"), "from the host\n")
+machine.succeed("mkdir -p /root/report && echo 'from the guest' > /root/report/result.txt")
+machine.copy_from_machine("/root/report", "collected")
+with open(os.path.join(driver.out_dir, "collected", "report", "result.txt")) as copied:
+    t.assertEqual(copied.read(), "from the guest\n")
+
+shot = machine.screenshot("screen")
+with open(shot, "rb") as png:
+    t.assertEqual(png.read(8), b"\x89PNG\r\n\x1a\n")
+t.assertIn("Linux version", machine.get_console_log())
