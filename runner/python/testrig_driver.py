@@ -656,6 +656,7 @@ class Session:
         self.test_script_path = str(data["test_script"])
         self.test_script_name = str(data.get("test_script_name") or "testScript")
         self.out_dir = Path(data.get("out_dir") or os.getcwd())
+        self.interactive = bool(data.get("interactive", False))
 
     @classmethod
     def load(cls, path: str) -> Session:
@@ -784,6 +785,23 @@ class Driver:
             return self._report_failure(e)
         return self._report_success()
 
+    def interact(self) -> int:
+        """`-I`: a Python prompt with the test's globals, as nixpkgs' interactive driver gives; the run ends with
+        the prompt (Ctrl-D or `exit()`). Exceptions are shown at the prompt and do not end it."""
+        import code
+
+        try:
+            import readline  # noqa: F401  (line editing and history at the prompt)
+        except ImportError:
+            pass
+        banner = ("testrig interactive: the test's globals are here. test_script() runs the whole script, "
+                  "start_all() boots every machine, <machine>.succeed(...) runs a command. Ctrl-D ends the run.")
+        try:
+            code.interact(banner=banner, local=self.test_symbols(), exitmsg="")
+        except SystemExit:
+            pass
+        return self._report_success()
+
     def _report_success(self) -> int:
         self.client.call("result", {"ok": True})
         return 0
@@ -852,7 +870,7 @@ def main() -> int:
     client.connect()
     driver = Driver(client, session.machines, session.vlans, script, session.test_script_name, session.out_dir)
     try:
-        return driver.run()
+        return driver.interact() if session.interactive else driver.run()
     finally:
         client.close()
 

@@ -31,8 +31,10 @@ pub async fn run_plan(
     cache: Option<&Cache>,
 ) -> u8 {
     let user_out = user_out_dir(args, plan, several);
-    // With -K the result depends on the kept disks, which the key does not cover: always run.
+    // With -K the result depends on the kept disks, which the key does not cover: always run. An interactive
+    // session (-I) is neither answered from the cache nor recorded in it.
     let skip_allowed = !args.rerun && !args.keep_vm_state;
+    let cache = cache.filter(|_| !args.interactive);
     if let Some(cache) = cache.filter(|_| skip_allowed) {
         match cache.lookup(&plan.cache_key) {
             Lookup::Ignored { dir, reason } => tracing::warn!(

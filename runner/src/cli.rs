@@ -138,7 +138,8 @@ pub struct RunArgs {
     )]
     pub debug_hook_attach: Option<String>,
 
-    /// Interactive mode of nixpkgs' driver (a Python prompt); not supported yet.
+    /// A Python prompt with the test's globals instead of running the script (`test_script()` runs it); no global
+    /// timeout, and the run is not cached.
     #[arg(short = 'I', long = "interactive")]
     pub interactive: bool,
 }

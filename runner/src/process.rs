@@ -15,7 +15,9 @@ pub const TERMINATE_GRACE: Duration = Duration::from_secs(5);
 #[derive(Debug)]
 pub struct GroupChild {
     child: Child,
+    /// The leader's PID, which is the group's ID when `own_group`.
     pgid: i32,
+    own_group: bool,
     what: String,
 }
 
@@ -25,11 +27,26 @@ impl GroupChild {
     /// The runner runs on a single-threaded runtime so that the thread which forks (and whose exit the kernel
     /// watches for the parent-death signal) lives as long as the runner.
     pub fn spawn(command: &mut Command, what: impl Into<String>) -> io::Result<Self> {
+        Self::spawn_with(command, what, true)
+    }
+
+    /// Like [`GroupChild::spawn`], but the child stays in the runner's process group: for a child that reads the
+    /// terminal (the interactive Python prompt), which only the foreground group may do. The parent-death signal
+    /// still applies; termination signals the child alone.
+    pub fn spawn_in_foreground(command: &mut Command, what: impl Into<String>) -> io::Result<Self> {
+        Self::spawn_with(command, what, false)
+    }
+
+    fn spawn_with(
+        command: &mut Command,
+        what: impl Into<String>,
+        own_group: bool,
+    ) -> io::Result<Self> {
         let parent = std::process::id() as libc::pid_t;
         // SAFETY: only async-signal-safe calls between fork and exec.
         unsafe {
             command.pre_exec(move || {
-                if libc::setpgid(0, 0) != 0 {
+                if own_group && libc::setpgid(0, 0) != 0 {
                     return Err(io::Error::last_os_error());
                 }
                 if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) != 0 {
@@ -44,10 +61,11 @@ impl GroupChild {
         }
         command.kill_on_drop(true);
         let child = command.spawn()?;
-        let pgid = child.id().map(|id| id as i32).unwrap_or(0);
+        let leader = child.id().map(|id| id as i32).unwrap_or(0);
         Ok(GroupChild {
             child,
-            pgid,
+            pgid: leader,
+            own_group,
             what: what.into(),
         })
     }
@@ -91,9 +109,14 @@ impl GroupChild {
 
     fn kill_group(&self, signal: libc::c_int) {
         if self.pgid > 0 {
-            // SAFETY: plain syscall; ESRCH (group gone) is fine.
+            // SAFETY: plain syscalls; ESRCH (already gone) is fine. Without a group of its own, only the child
+            // itself is signalled (never the runner's group).
             unsafe {
-                libc::killpg(self.pgid, signal);
+                if self.own_group {
+                    libc::killpg(self.pgid, signal);
+                } else if self.child.id().is_some() {
+                    libc::kill(self.pgid, signal);
+                }
             }
         }
     }

@@ -18,10 +18,6 @@ pub const EXIT_BAD_INPUT: u8 = 2;
 
 pub async fn run(args: RunArgs) -> u8 {
     log::init(args.verbosity(), args.log_format);
-    if args.interactive {
-        eprintln!("testrig: interactive mode (-I) is not supported yet");
-        return EXIT_BAD_INPUT;
-    }
     let cache = open_cache(&args);
     let plans = match load_plans(&args, cache.as_ref()).await {
         Ok(plans) => plans,
@@ -141,6 +137,7 @@ pub async fn execute(
             boot: Duration::from_secs(args.boot_timeout),
             ..Timeouts::default()
         },
+        interactive: args.interactive,
     };
     let result = run_test(plan, &options).await;
     match &result {

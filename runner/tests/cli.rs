@@ -251,3 +251,48 @@ fn a_cached_pass_is_answered_after_its_store_start_script_is_gone() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("machine `machine`: start script"));
 }
+
+#[test]
+fn interactive_mode_gives_a_prompt_with_the_test_globals_and_caches_nothing() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    write_start_script(dir.path(), "run-machine-vm");
+    std::fs::write(
+        dir.path().join("plan.json"),
+        script_plan("raise SystemExit(3)\n"),
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_testrig"))
+        .args(["run", "-I", "plan.json"])
+        .current_dir(dir.path())
+        .env("TESTRIG_CACHE_DIR", dir.path().join("cache"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The script is not run unless asked; an exception at the prompt does not end the session.
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"print('name:', machine.name, len(machines))\n1/0\nprint('still here')\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        stdout.contains("name: machine 1") && stdout.contains("still here"),
+        "{stdout}\n{stderr}"
+    );
+    assert!(stderr.contains("ZeroDivisionError"), "{stderr}");
+    assert!(!dir.path().join("STARTED").exists());
+    assert!(
+        !dir.path().join("cache/entries").exists()
+            || std::fs::read_dir(dir.path().join("cache/entries"))
+                .unwrap()
+                .next()
+                .is_none()
+    );
+}

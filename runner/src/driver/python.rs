@@ -21,6 +21,8 @@ pub struct PythonSetup<'a> {
     pub test_script_text: &'a str,
     pub test_script_name: &'a str,
     pub out_dir: &'a Path,
+    /// A Python prompt on the runner's terminal instead of the script (`-I`).
+    pub interactive: bool,
 }
 
 /// Writes the driver module, the script and the session file into the run dir and starts Python.
@@ -42,6 +44,7 @@ pub fn spawn(setup: &PythonSetup) -> Result<GroupChild> {
         "test_script": script,
         "test_script_name": setup.test_script_name,
         "out_dir": setup.out_dir,
+        "interactive": setup.interactive,
     });
     std::fs::write(&session_path, session.to_string())
         .context("failed to write the session file")?;
@@ -53,13 +56,20 @@ pub fn spawn(setup: &PythonSetup) -> Result<GroupChild> {
         .arg(&module)
         .env("TESTRIG_RPC_SOCKET", setup.rpc_socket)
         .env("TESTRIG_SESSION", &session_path)
-        .env("PYTHONDONTWRITEBYTECODE", "1")
-        .stdin(std::process::Stdio::null())
-        // Piped so that what the script prints is in the run's log file too (see `forward_output`).
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
-    GroupChild::spawn(&mut command, "python test script")
-        .with_context(|| format!("failed to start the Python interpreter `{}`", setup.python))
+        .env("PYTHONDONTWRITEBYTECODE", "1");
+    let spawned = if setup.interactive {
+        // The prompt needs the terminal, line by line and unbuffered: stdio is the runner's own, and Python stays
+        // in the foreground process group so that it may read the terminal and gets Ctrl-C itself.
+        GroupChild::spawn_in_foreground(&mut command, "python prompt")
+    } else {
+        command
+            .stdin(std::process::Stdio::null())
+            // Piped so that what the script prints is in the run's log file too (see `forward_output`).
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        GroupChild::spawn(&mut command, "python test script")
+    };
+    spawned.with_context(|| format!("failed to start the Python interpreter `{}`", setup.python))
 }
 
 /// Passes what the script prints through to the runner's stdout/stderr and into the log file; the returned task

@@ -24,6 +24,8 @@ pub struct RunOptions {
     pub state_dirs: Option<BTreeMap<String, PathBuf>>,
     pub python: String,
     pub timeouts: Timeouts,
+    /// `-I`: a Python prompt instead of the script; no global timeout, and Ctrl-C belongs to the prompt.
+    pub interactive: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -113,6 +115,7 @@ pub async fn run_test(plan: &LoadedPlan, options: &RunOptions) -> Result<RunResu
         test_script_text: &plan.test_script_text,
         test_script_name: &plan.test_script_name,
         out_dir: &options.out_dir,
+        interactive: options.interactive,
     })?;
 
     let output = python::forward_output(&mut python);
@@ -134,8 +137,8 @@ pub async fn run_test(plan: &LoadedPlan, options: &RunOptions) -> Result<RunResu
                 _ => Outcome::Failed(format!("the Python test driver exited ({status}) without reporting a result")),
             }
         }
-        _ = tokio::time::sleep(global_timeout) => Outcome::TimedOut(global_timeout),
-        _ = sigint.recv() => Outcome::Interrupted("SIGINT"),
+        _ = tokio::time::sleep(global_timeout), if !options.interactive => Outcome::TimedOut(global_timeout),
+        _ = sigint.recv(), if !options.interactive => Outcome::Interrupted("SIGINT"),
         _ = sigterm.recv() => Outcome::Interrupted("SIGTERM"),
     };
     match &outcome {
