@@ -177,10 +177,8 @@ impl Machine {
         let vm = self.ready_vm().await?;
         let mut shell = vm.shell.lock().await;
         if !read_output {
-            let line = super::shell::command_line(command, timeout);
-            let line = line.trim_end().trim_end_matches("; echo ${PIPESTATUS[0]}");
             shell
-                .send_without_reply(line)
+                .send(&super::shell::output_line(command, timeout))
                 .await
                 .map_err(|e| self.failure(format!("while sending `{command}`: {e}")))?;
             return Ok(Vec::new());
@@ -229,7 +227,7 @@ impl Machine {
         vm.shell
             .lock()
             .await
-            .send_without_reply("poweroff")
+            .send("poweroff")
             .await
             .map_err(|e| self.failure(format!("failed to send poweroff: {e}")))?;
         self.wait_for_exit(&vm, self.timeouts.shutdown).await

@@ -20,18 +20,38 @@ pub struct CommandOutput {
     pub stdout: Vec<u8>,
 }
 
+/// How a command and its exit status travel. `OneRoundTrip` is testrig's; `TwoRoundTrips` is nixpkgs' driver's
+/// (the command, then `echo ${PIPESTATUS[0]}` once its output has arrived), kept to measure the two side by side
+/// (`TESTRIG_SHELL_FRAMING=nixpkgs`, see tests/bench/run).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    OneRoundTrip,
+    TwoRoundTrips,
+}
+
+impl Framing {
+    pub fn from_env() -> Self {
+        match std::env::var("TESTRIG_SHELL_FRAMING").as_deref() {
+            Ok("nixpkgs") => Framing::TwoRoundTrips,
+            _ => Framing::OneRoundTrip,
+        }
+    }
+}
+
 pub struct Shell<R, W> {
     reader: BufReader<R>,
     writer: W,
     ready: bool,
+    framing: Framing,
 }
 
 impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Shell<R, W> {
-    pub fn new(reader: R, writer: W) -> Self {
+    pub fn new(reader: R, writer: W, framing: Framing) -> Self {
         Shell {
             reader: BufReader::new(reader),
             writer,
             ready: false,
+            framing,
         }
     }
 
@@ -68,14 +88,20 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Shell<R, W> {
         command: &str,
         guest_timeout_secs: Option<f64>,
     ) -> io::Result<CommandOutput> {
-        let line = command_line(command, guest_timeout_secs);
-        self.writer.write_all(line.as_bytes()).await?;
-        self.writer.flush().await?;
-
-        let encoded = self.read_reply_line().await?;
-        let stdout = base64::engine::general_purpose::STANDARD
-            .decode(encoded.trim_end())
-            .map_err(|e| protocol_error(format!("output is not base64 ({e}): {:.80}", encoded)))?;
+        let output_line = output_line(command, guest_timeout_secs);
+        let stdout = match self.framing {
+            Framing::OneRoundTrip => {
+                self.send(&format!("{output_line}; {STATUS_COMMAND}"))
+                    .await?;
+                self.read_output().await?
+            }
+            Framing::TwoRoundTrips => {
+                self.send(&output_line).await?;
+                let stdout = self.read_output().await?;
+                self.send(STATUS_COMMAND).await?;
+                stdout
+            }
+        };
         let status_line = self.read_reply_line().await?;
         let status = status_line.trim().parse().map_err(|_| {
             protocol_error(format!("expected an exit status, got {status_line:.80}"))
@@ -90,12 +116,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Shell<R, W> {
         command: &str,
         guest_timeout_secs: Option<f64>,
     ) -> io::Result<Vec<u8>> {
-        let line = command_line(command, guest_timeout_secs);
-        let line = line.trim_end().trim_end_matches("; echo ${PIPESTATUS[0]}");
-        self.writer
-            .write_all(format!("{line}\n").as_bytes())
-            .await?;
-        self.writer.flush().await?;
+        self.send(&output_line(command, guest_timeout_secs)).await?;
         self.read_output().await
     }
 
@@ -106,10 +127,10 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Shell<R, W> {
             .map_err(|e| protocol_error(format!("output is not base64 ({e}): {encoded:.80}")))
     }
 
-    /// Sends a line whose reply is not awaited (`poweroff`).
-    pub async fn send_without_reply(&mut self, command: &str) -> io::Result<()> {
+    /// Sends one line to the guest's bash; nothing is read (`poweroff` gets no reply).
+    pub async fn send(&mut self, line: &str) -> io::Result<()> {
         self.writer
-            .write_all(format!("{command}\n").as_bytes())
+            .write_all(format!("{line}\n").as_bytes())
             .await?;
         self.writer.flush().await
     }
@@ -136,15 +157,18 @@ fn protocol_error(message: String) -> io::Error {
     )
 }
 
-/// The line sent to the guest's bash for one command.
-pub fn command_line(command: &str, guest_timeout_secs: Option<f64>) -> String {
+/// What the guest's bash runs for one command: the command under `bash -c`, its stdout as one line of base64.
+pub fn output_line(command: &str, guest_timeout_secs: Option<f64>) -> String {
     let script = shell_quote(&format!("set -euo pipefail; {command}"));
     let timeout = match guest_timeout_secs {
         Some(secs) => format!("timeout {secs} "),
         None => String::new(),
     };
-    format!("{timeout}bash -c {script} | (base64 -w 0; echo); echo ${{PIPESTATUS[0]}}\n")
+    format!("{timeout}bash -c {script} | (base64 -w 0; echo)")
 }
+
+/// Prints the exit status of the command of the previous line (the first element of its pipeline).
+const STATUS_COMMAND: &str = "echo ${PIPESTATUS[0]}";
 
 /// Quotes a string for a POSIX shell, as Python's `shlex.quote` does.
 pub fn shell_quote(s: &str) -> String {
@@ -165,7 +189,7 @@ mod tests {
     use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 
     /// A real `bash --norc` reading commands from a pipe, as the guest's reads them from /dev/hvc0.
-    async fn bash_shell() -> (Child, Shell<ChildStdout, ChildStdin>) {
+    async fn bash_shell(framing: Framing) -> (Child, Shell<ChildStdout, ChildStdin>) {
         let mut child = Command::new("bash")
             .args([
                 "--norc",
@@ -178,13 +202,23 @@ mod tests {
             .kill_on_drop(true)
             .spawn()
             .unwrap();
-        let shell = Shell::new(child.stdout.take().unwrap(), child.stdin.take().unwrap());
+        let shell = Shell::new(
+            child.stdout.take().unwrap(),
+            child.stdin.take().unwrap(),
+            framing,
+        );
         (child, shell)
     }
 
     #[tokio::test(flavor = "current_thread")]
     async fn exact_output_and_status() {
-        let (_child, mut shell) = bash_shell().await;
+        for framing in [Framing::OneRoundTrip, Framing::TwoRoundTrips] {
+            exact_output_and_status_with(framing).await;
+        }
+    }
+
+    async fn exact_output_and_status_with(framing: Framing) {
+        let (_child, mut shell) = bash_shell(framing).await;
         shell.wait_until_ready().await.unwrap();
 
         let out = shell.run("echo hello", None).await.unwrap();
@@ -250,8 +284,8 @@ mod tests {
         assert_eq!(shell_quote("a b"), "'a b'");
         assert_eq!(shell_quote("it's"), r#"'it'"'"'s'"#);
         assert_eq!(
-            command_line("true", Some(5.0)),
-            "timeout 5 bash -c 'set -euo pipefail; true' | (base64 -w 0; echo); echo ${PIPESTATUS[0]}\n"
+            output_line("true", Some(5.0)),
+            "timeout 5 bash -c 'set -euo pipefail; true' | (base64 -w 0; echo)"
         );
     }
 }

@@ -17,7 +17,7 @@ use tokio::sync::{oneshot, watch, Mutex};
 use super::console::Console;
 use super::monitor::Monitor;
 use super::qmp::Qmp;
-use super::shell::Shell;
+use super::shell::{Framing, Shell};
 use crate::log;
 use crate::process::{GroupChild, TERMINATE_GRACE};
 
@@ -127,7 +127,7 @@ impl RunningVm {
             .context("failed to read QEMU's monitor prompt")?;
         let (read, write) = shell.into_split();
         Ok(RunningVm {
-            shell: Mutex::new(Shell::new(read, write)),
+            shell: Mutex::new(Shell::new(read, write, Framing::from_env())),
             monitor: Mutex::new(monitor),
             qmp: Mutex::new(None),
             qmp_path,
