@@ -13,6 +13,7 @@ t.assertEqual(raw, bytes(range(256)))
 
 big = machine.succeed("head -c 1500000 /dev/urandom | base64 -w 0")
 t.assertEqual(len(base64.b64decode(big)), 1500000)
+t.assertEqual(len(machine.succeed("head -c 8000000 /dev/zero | tr '\\0' x")), 8000000)
 
 # A guest-side timeout is exit status 124, and the shell is still usable afterwards.
 t.assertEqual(machine.execute("sleep 30", timeout=1)[0], 124)
