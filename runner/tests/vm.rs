@@ -352,3 +352,54 @@ fn kept_state_survives_and_a_changed_node_starts_from_a_fresh_disk() {
         "no message about the changed node: {log}"
     );
 }
+
+#[test]
+#[ignore = "boots VMs: run by tests/run-all"]
+fn concurrent_runs_of_one_test_boot_once_and_a_changed_script_runs_again() {
+    let scratch = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let plan = one_machine_plan(dir.path(), "machine.succeed('true')\n", 1);
+    let plan = plan.to_str().unwrap();
+
+    // Two runs of the same test at once: one boots; the other waits for it and answers from its result.
+    let spawn = || {
+        testrig_command(&["run", plan], scratch.path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (first, second) = (spawn(), spawn());
+    let outputs = [
+        first.wait_with_output().unwrap(),
+        second.wait_with_output().unwrap(),
+    ];
+    let logs: Vec<String> = outputs
+        .iter()
+        .map(|o| format!("{}{}", String::from_utf8_lossy(&o.stdout), stderr(o)))
+        .collect();
+    for (out, log) in outputs.iter().zip(&logs) {
+        assert_eq!(out.status.code(), Some(0), "{log}");
+    }
+    let boots: usize = logs.iter().map(|l| qemu_pids(l).len()).sum();
+    assert_eq!(boots, 1, "expected exactly one boot: {logs:#?}");
+    assert!(
+        logs.iter().any(|l| l.contains("kept: passed (cached, ")),
+        "{logs:#?}"
+    );
+
+    // A changed test script is another key: it runs (and boots) again.
+    one_machine_plan(
+        dir.path(),
+        "machine.succeed('true')\nmachine.succeed('true')\n",
+        1,
+    );
+    let out = run_in(scratch.path(), &["run", plan]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(
+        qemu_pids(&stderr(&out)).len(),
+        1,
+        "a changed script must run: {}",
+        stderr(&out)
+    );
+}
