@@ -444,13 +444,48 @@ class ProtocolTests(RunnerTestCase):
 
     def test_unsupported_methods_name_themselves(self) -> None:
         m = self.make_driver().machines[0]
-        for method in ["wait_for_x", "wait_for_window", "get_screen_text", "wait_for_text", "shell_interact",
-                       "console_interact", "get_tty_text"]:
+        for method in ["wait_for_x", "wait_for_window", "get_screen_text", "wait_for_text", "console_interact"]:
             with self.subTest(method=method), self.assertRaises(NotImplementedError) as caught:
                 getattr(m, method)("arg")
             self.assertIn(f"Machine.{method}()", str(caught.exception))
             self.assertIn("not supported by testrig", str(caught.exception))
         self.assertEqual(self.runner.requests, [])
+
+    def test_tty_text_comes_from_the_guest_vcs(self) -> None:
+        self.runner.handler = lambda r: {"status": 0, "output_b64": b64(b"login: ")}
+        m = self.make_driver().machines[0]
+        self.assertEqual(m.get_tty_text("1"), "login: ")
+        request = [r for _, r in self.runner.requests][-1]
+        self.assertEqual(request["op"], "execute")
+        self.assertIn("/dev/vcs1", request["args"]["command"])
+        m.wait_until_tty_matches("1", "log[i]n:", timeout=5)
+
+    def test_shell_interact_runs_each_line_and_shows_failures(self) -> None:
+        def handler(request: dict[str, Any]) -> Any:
+            if request["op"] != "execute":
+                return None
+            if request["args"]["command"] == "false":
+                return {"status": 1, "output_b64": ""}
+            return {"status": 0, "output_b64": b64(b"hi")}
+
+        self.runner.handler = handler
+        m = self.make_driver().machines[0]
+        lines = iter(["echo hi", "   ", "false"])
+
+        def fake_input(prompt: str) -> str:
+            try:
+                return next(lines)
+            except StopIteration:
+                raise EOFError from None
+
+        with mock.patch("builtins.input", fake_input), mock.patch.object(sys, "stdout", new=io.StringIO()) as out:
+            m.shell_interact()
+        commands = [r["args"]["command"] for _, r in self.runner.requests if r["op"] == "execute"]
+        self.assertEqual(commands, ["echo hi", "false"])
+        self.assertIn("hi\n", out.getvalue())
+        self.assertIn("[exit status 1]", out.getvalue())
+        with self.assertRaises(NotImplementedError):
+            m.shell_interact("tcp:127.0.0.1:4444")
 
     def test_each_thread_has_its_own_connection(self) -> None:
         release = threading.Event()

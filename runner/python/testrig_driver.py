@@ -590,6 +590,55 @@ class Machine:
         """Old name of `copy_from_machine`."""
         self.copy_from_machine(source, target_dir)
 
+    # virtual consoles (the guest's /dev/vcsN), as nixpkgs reads them
+
+    def get_tty_text(self, tty: str) -> str:
+        """The text on virtual console `tty`, folded to the console's width."""
+        status, output = self.execute(
+            f"fold -w$(stty -F /dev/tty{tty} size | awk '{{print $2}}') /dev/vcs{tty}")
+        return output
+
+    def wait_until_tty_matches(self, tty: str, regexp: str, timeout: float = 900) -> None:
+        """Wait until the text of virtual console `tty` matches `regexp` (Python syntax, as in nixpkgs)."""
+        matcher = re.compile(regexp)
+
+        def tty_matches(last_try: bool) -> bool:
+            text = self.get_tty_text(tty)
+            if last_try:
+                self.log(f"last chance to match /{regexp}/ on TTY{tty}, which currently contains: {text}")
+            return bool(matcher.search(text))
+
+        with self.nested(f"waiting for {regexp} to appear on tty {tty}"):
+            retry(tty_matches, timeout)
+
+    def dump_tty_contents(self, tty: str) -> None:
+        """Log the text of virtual console `tty`."""
+        self.execute(f"fold -w 80 /dev/vcs{tty} | systemd-cat")
+
+    def shell_interact(self, address: str | None = None) -> None:
+        """A line-by-line shell in the guest for `-I` sessions: each line runs as one command through the
+        backdoor (its own `bash -c`, so `cd` and variables do not carry over) and its output and non-zero status
+        are printed. Ctrl-D returns to the Python prompt."""
+        if address is not None:
+            raise NotSupportedByTestrig("shell_interact(address): testrig does not forward the guest shell to "
+                                        "a socket; use shell_interact() at the -I prompt")
+        print(f"{self.name}: guest shell, one command per line; Ctrl-D returns to Python", flush=True)
+        while True:
+            try:
+                line = input(f"{self.name}# ")
+            except EOFError:
+                print(flush=True)
+                return
+            if not line.strip():
+                continue
+            status, output = self.execute(line, timeout=None)
+            sys.stdout.write(output)
+            if output and not output.endswith("\n"):
+                sys.stdout.write("\n")
+            if status != 0:
+                sys.stdout.write(f"[exit status {status}]\n")
+            sys.stdout.flush()
+
     # not supported yet
 
     wait_for_x = _unsupported("wait_for_x")
@@ -598,12 +647,8 @@ class Machine:
     get_screen_text = _unsupported("get_screen_text")
     get_screen_text_variants = _unsupported("get_screen_text_variants")
     wait_for_text = _unsupported("wait_for_text")
-    get_tty_text = _unsupported("get_tty_text")
-    wait_until_tty_matches = _unsupported("wait_until_tty_matches")
-    dump_tty_contents = _unsupported("dump_tty_contents")
     wait_for_qmp_event = _unsupported("wait_for_qmp_event")
     switch_root = _unsupported("switch_root")
-    shell_interact = _unsupported("shell_interact")
     console_interact = _unsupported("console_interact")
 
 
