@@ -199,6 +199,7 @@ async fn run_recorded(
         );
         return code.max(EXIT_BAD_INPUT);
     }
+    keep_cache_in_bounds(cache);
     code
 }
 
@@ -254,6 +255,36 @@ impl Summary {
                 duration: started.elapsed(),
             },
         }
+    }
+}
+
+/// The cache's size cap when nothing else is asked for (`testrig cache gc --max-size` has the same default).
+const DEFAULT_CACHE_MAX_SIZE: u64 = 1 << 30;
+
+/// After recording a run: the oldest entries go while the cache is over its cap (`TESTRIG_CACHE_MAX_SIZE`, e.g.
+/// `200MiB`, else 1 GiB), so that it cannot grow without bound. Entries of running tests are never removed.
+fn keep_cache_in_bounds(cache: &Cache) {
+    let max_size = match std::env::var("TESTRIG_CACHE_MAX_SIZE") {
+        Ok(text) => match cache::parse_size(&text) {
+            Ok(size) => size,
+            Err(e) => {
+                tracing::warn!("ignoring TESTRIG_CACHE_MAX_SIZE={text}: {e}");
+                DEFAULT_CACHE_MAX_SIZE
+            }
+        },
+        Err(_) => DEFAULT_CACHE_MAX_SIZE,
+    };
+    let policy = cache::GcPolicy {
+        max_age: None,
+        max_size,
+    };
+    match cache::gc(cache, &policy, cache::now_secs(), false) {
+        Ok(report) => {
+            for removed in &report.removed {
+                tracing::debug!("cache over {max_size} bytes: removed entry {}", removed.key);
+            }
+        }
+        Err(e) => tracing::warn!("could not trim the result cache: {e}"),
     }
 }
 

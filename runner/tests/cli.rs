@@ -296,3 +296,42 @@ fn interactive_mode_gives_a_prompt_with_the_test_globals_and_caches_nothing() {
                 .is_none()
     );
 }
+
+#[test]
+fn the_cache_is_trimmed_to_its_size_cap_after_each_run() {
+    let dir = tempfile::tempdir().unwrap();
+    write_start_script(dir.path(), "run-machine-vm");
+    let entries = dir.path().join("cache/entries");
+    let count = || {
+        std::fs::read_dir(&entries)
+            .map(|d| d.flatten().count())
+            .unwrap_or(0)
+    };
+    for i in 0..3 {
+        std::fs::write(
+            dir.path().join("plan.json"),
+            script_plan(&format!("pass  # {i}\n")),
+        )
+        .unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_testrig"))
+            .args(["run", "plan.json"])
+            .current_dir(dir.path())
+            .env("TESTRIG_CACHE_DIR", dir.path().join("cache"))
+            .env("TESTRIG_CACHE_MAX_SIZE", "1")
+            .output()
+            .unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // Over a 1-byte cap, only the entry of the run that just finished (locked while recording) is left.
+        assert_eq!(count(), 1, "after run {i}");
+    }
+    // Without the cap, entries accumulate.
+    std::fs::write(dir.path().join("plan.json"), script_plan("pass  # other\n")).unwrap();
+    let out = testrig(dir.path(), &["run", "plan.json"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(count(), 2);
+}
