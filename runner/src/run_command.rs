@@ -27,10 +27,23 @@ pub async fn run(args: RunArgs) -> u8 {
         }
     };
     let several = plans.len() > 1;
+    let mut failed = Vec::new();
     let mut worst = 0;
     for plan in &plans {
         let code = cached_run::run_plan(&args, plan, several, cache.as_ref()).await;
+        if code != 0 {
+            failed.push(plan.name.as_str());
+        }
         worst = worst.max(code);
+    }
+    if several {
+        // One line to end a long log with: how many, and which to look at.
+        let passed = plans.len() - failed.len();
+        let mut summary = format!("testrig: {passed} of {} tests passed", plans.len());
+        if !failed.is_empty() {
+            summary.push_str(&format!("; not passed: {}", failed.join(", ")));
+        }
+        log::line(None, &summary);
     }
     worst
 }

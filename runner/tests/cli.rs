@@ -335,3 +335,21 @@ fn the_cache_is_trimmed_to_its_size_cap_after_each_run() {
     assert_eq!(out.status.code(), Some(0));
     assert_eq!(count(), 2);
 }
+
+#[test]
+fn several_tests_end_with_a_summary_naming_the_failures() {
+    let dir = tempfile::tempdir().unwrap();
+    write_start_script(dir.path(), "run-machine-vm");
+    for (name, script) in [("good", "pass"), ("bad", "raise ValueError('no')")] {
+        let plan =
+            format!(r#"{{"name": "{name}", "test_script_text": "{script}", "vms": {{{VM}}}}}"#);
+        std::fs::write(dir.path().join(format!("{name}.json")), plan).unwrap();
+    }
+    let out = testrig(dir.path(), &["run", "good.json", "bad.json"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("testrig: 1 of 2 tests passed; not passed: bad"),
+        "{stderr}"
+    );
+}
