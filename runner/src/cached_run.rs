@@ -19,6 +19,7 @@ use crate::report;
 use crate::run_command::{execute, EXIT_BAD_INPUT};
 use crate::state::{self, KeepOptions, KeptState, NodeSpec};
 use crate::xdg;
+use tracing::Instrument;
 
 /// How long past the first run's global timeout a second run of the same key waits for it.
 const KEY_WAIT_GRACE: Duration = Duration::from_secs(300);
@@ -29,6 +30,20 @@ pub async fn run_plan(
     plan: &LoadedPlan,
     several: bool,
     cache: Option<&Cache>,
+) -> u8 {
+    // Everything of this test, including the tasks it spawns, logs inside its run span (see `log`).
+    let (run, span) = log::run_span(&plan.name);
+    run_plan_in_span(args, plan, several, cache, run)
+        .instrument(span)
+        .await
+}
+
+async fn run_plan_in_span(
+    args: &RunArgs,
+    plan: &LoadedPlan,
+    several: bool,
+    cache: Option<&Cache>,
+    run: u64,
 ) -> u8 {
     let user_out = user_out_dir(args, plan, several);
     // With -K the result depends on the kept disks, which the key does not cover: always run. An interactive
@@ -98,7 +113,7 @@ pub async fn run_plan(
         }
     }
     let staging = match Staging::begin(cache, &plan.cache_key, &key_lock)
-        .and_then(|s| log::tee_to_file(&s.paths().log()).map(|()| s))
+        .and_then(|s| log::tee_to_file(run, &s.paths().log()).map(|()| s))
     {
         Ok(staging) => staging,
         Err(e) => {
@@ -109,7 +124,7 @@ pub async fn run_plan(
             return run_uncached(args, plan, user_out, kept).await;
         }
     };
-    run_recorded(args, plan, cache, staging, &key_lock, user_out, kept).await
+    run_recorded(args, plan, cache, staging, &key_lock, user_out, kept, run).await
 }
 
 /// Prints the cached line and delivers the cached outputs; `None` (the test then runs) if they cannot be copied.
@@ -135,6 +150,7 @@ fn answer_from(
     Some(0)
 }
 
+#[allow(clippy::too_many_arguments)] // the pieces of one recorded run, each owned by a different module
 async fn run_recorded(
     args: &RunArgs,
     plan: &LoadedPlan,
@@ -143,13 +159,14 @@ async fn run_recorded(
     key_lock: &LockGuard,
     user_out: Option<PathBuf>,
     kept: Option<KeptState>,
+    run: u64,
 ) -> u8 {
     log_preamble(plan, kept.as_ref());
     let started_at = cache::now_secs();
     let started = Instant::now();
     let state_dirs = kept.as_ref().map(|k| k.dirs.clone());
     let result = execute(args, plan, staging.paths().out(), state_dirs).await;
-    log::stop_tee();
+    log::stop_tee(run);
     // Every machine is gone once `execute` returns: the state dirs are free.
     drop(kept);
 

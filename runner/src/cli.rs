@@ -110,6 +110,11 @@ pub struct RunArgs {
     #[arg(long = "python", value_name = "PATH", env = "TESTRIG_PYTHON")]
     pub python: Option<String>,
 
+    /// How many tests may run at once (default: as many as fit the machine's cores and available memory, by the
+    /// plans' `cores` and `memory_mb`; two runs of one test never overlap).
+    #[arg(short = 'j', long = "jobs", value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub jobs: Option<u32>,
+
     /// Seconds from QEMU's start to the guest's backdoor shell before the boot counts as hung.
     #[arg(long = "boot-timeout", value_name = "SECONDS", default_value_t = 600)]
     pub boot_timeout: u64,

@@ -15,6 +15,7 @@ mod plan_load;
 mod process;
 mod report;
 mod run_command;
+mod schedule;
 mod state;
 mod vlan;
 mod xdg;

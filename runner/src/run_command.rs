@@ -13,6 +13,7 @@ use crate::log;
 use crate::machine::Timeouts;
 use crate::nix_eval;
 use crate::plan_load::{load_plan_file, plan_from_flags, BadInput, LoadedPlan};
+use crate::schedule;
 
 pub const EXIT_BAD_INPUT: u8 = 2;
 
@@ -27,15 +28,19 @@ pub async fn run(args: RunArgs) -> u8 {
         }
     };
     let several = plans.len() > 1;
-    let mut failed = Vec::new();
-    let mut worst = 0;
-    for plan in &plans {
-        let code = cached_run::run_plan(&args, plan, several, cache.as_ref()).await;
-        if code != 0 {
-            failed.push(plan.name.as_str());
-        }
-        worst = worst.max(code);
-    }
+    let budget = schedule::Budget::of_machine(args.jobs);
+    log::prefix_test_names(several && budget.jobs > 1);
+    let codes = schedule::run_all(&plans, budget, |plan| {
+        cached_run::run_plan(&args, plan, several, cache.as_ref())
+    })
+    .await;
+    let failed: Vec<&str> = plans
+        .iter()
+        .zip(&codes)
+        .filter(|(_, &code)| code != 0)
+        .map(|(plan, _)| plan.name.as_str())
+        .collect();
+    let worst = codes.iter().copied().max().unwrap_or(0);
     if several {
         // One line to end a long log with: how many, and which to look at.
         let passed = plans.len() - failed.len();

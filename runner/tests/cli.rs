@@ -353,3 +353,71 @@ fn several_tests_end_with_a_summary_naming_the_failures() {
         "{stderr}"
     );
 }
+
+#[test]
+fn tests_run_side_by_side_each_with_its_own_log() {
+    let dir = tempfile::tempdir().unwrap();
+    write_start_script(dir.path(), "run-machine-vm");
+    for name in ["alpha", "beta"] {
+        let script = format!(
+            "import time\nlog.info('{name} starts')\ntime.sleep(1.5)\nprint('{name} printed')\n"
+        );
+        let plan = format!(
+            r#"{{"name": "{name}", "test_script_text": {}, "vms": {{{VM}}}}}"#,
+            serde_json::to_string(&script).unwrap()
+        );
+        std::fs::write(dir.path().join(format!("{name}.json")), plan).unwrap();
+    }
+    let started = std::time::Instant::now();
+    let out = testrig(dir.path(), &["run", "alpha.json", "beta.json"]);
+    let took = started.elapsed();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    // Side by side: both sleeps overlap.
+    assert!(
+        took < std::time::Duration::from_millis(2800),
+        "took {took:?}"
+    );
+    assert!(
+        stderr.contains("[alpha] alpha starts") && stderr.contains("[beta] beta starts"),
+        "{stderr}"
+    );
+    assert!(stdout.contains("[alpha] alpha printed"), "{stdout}");
+    // Each cache entry's log has its own test's lines only.
+    let entries = dir.path().join("cache/entries");
+    let mut logs: Vec<String> = std::fs::read_dir(&entries)
+        .unwrap()
+        .flatten()
+        .map(|e| std::fs::read_to_string(e.path().join("log.txt")).unwrap())
+        .collect();
+    logs.sort();
+    assert_eq!(logs.len(), 2);
+    assert!(
+        logs[0].contains("alpha starts") && logs[0].contains("alpha printed"),
+        "{}",
+        logs[0]
+    );
+    assert!(
+        !logs[0].contains("beta"),
+        "alpha's log has beta's lines: {}",
+        logs[0]
+    );
+    assert!(
+        logs[1].contains("beta starts") && !logs[1].contains("alpha"),
+        "{}",
+        logs[1]
+    );
+
+    // -j 1: one after the other.
+    let started = std::time::Instant::now();
+    let out = testrig(
+        dir.path(),
+        &["run", "--rerun", "-j", "1", "alpha.json", "beta.json"],
+    );
+    assert_eq!(out.status.code(), Some(0));
+    assert!(
+        started.elapsed() >= std::time::Duration::from_secs(3),
+        "-j 1 overlapped"
+    );
+}

@@ -403,3 +403,31 @@ fn concurrent_runs_of_one_test_boot_once_and_a_changed_script_runs_again() {
         stderr(&out)
     );
 }
+
+#[test]
+#[ignore = "boots VMs: run by tests/run-all"]
+fn two_one_node_tests_boot_side_by_side() {
+    let (out, took) = run(
+        &[
+            "run",
+            "tests/examples/one-node/plan.json",
+            "tests/vm/protocol/plan.json",
+        ],
+        &[],
+    );
+    let log = stderr(&out);
+    assert_eq!(out.status.code(), Some(0), "{log}");
+    assert!(log.contains("testrig: 2 of 2 tests passed"), "{log}");
+    // Both QEMUs were up before either test finished.
+    let first_end = log
+        .lines()
+        .position(|l| l.contains("one-node: passed in") || l.contains("protocol: passed in"))
+        .expect("a pass line");
+    let boots_before_end = log
+        .lines()
+        .take(first_end)
+        .filter(|l| l.contains("QEMU running (pid "))
+        .count();
+    assert_eq!(boots_before_end, 2, "the tests did not overlap:\n{log}");
+    eprintln!("two one-node tests side by side: {took:?}");
+}

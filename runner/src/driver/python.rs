@@ -8,6 +8,7 @@ use tokio::process::Command;
 
 use crate::process::GroupChild;
 use testrig_bridge::python_identifier;
+use tracing::Instrument;
 
 /// The test-script side of the bridge, shipped inside the binary so that a run needs no install step.
 const DRIVER_MODULE: &str = include_str!("../../python/testrig_driver.py");
@@ -78,18 +79,21 @@ pub fn forward_output(python: &mut GroupChild) -> tokio::task::JoinHandle<()> {
     use tokio::io::{AsyncBufReadExt, BufReader};
     let stdout = python.child_mut().stdout.take();
     let stderr = python.child_mut().stderr.take();
-    tokio::spawn(async move {
-        let pump = |stream: Option<Box<dyn tokio::io::AsyncRead + Unpin + Send>>,
-                    to_stderr: bool| async move {
-            let Some(stream) = stream else { return };
-            let mut lines = BufReader::new(stream).lines();
-            while let Ok(Some(line)) = lines.next_line().await {
-                crate::log::script_output(&line, to_stderr);
-            }
-        };
-        tokio::join!(
-            pump(stdout.map(|s| Box::new(s) as _), false),
-            pump(stderr.map(|s| Box::new(s) as _), true)
-        );
-    })
+    tokio::spawn(
+        async move {
+            let pump = |stream: Option<Box<dyn tokio::io::AsyncRead + Unpin + Send>>,
+                        to_stderr: bool| async move {
+                let Some(stream) = stream else { return };
+                let mut lines = BufReader::new(stream).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    crate::log::script_output(&line, to_stderr);
+                }
+            };
+            tokio::join!(
+                pump(stdout.map(|s| Box::new(s) as _), false),
+                pump(stderr.map(|s| Box::new(s) as _), true)
+            );
+        }
+        .in_current_span(),
+    )
 }

@@ -8,6 +8,7 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::task::JoinSet;
+use tracing::Instrument;
 
 use super::dispatch::{dispatch, Request};
 use super::session::Session;
@@ -15,12 +16,15 @@ use super::session::Session;
 /// Serves requests until the returned task is aborted (every connection task with it).
 pub fn serve(path: &Path, session: Arc<Session>) -> std::io::Result<tokio::task::JoinHandle<()>> {
     let listener = UnixListener::bind(path)?;
-    Ok(tokio::spawn(async move {
-        let mut connections = JoinSet::new();
-        while let Ok((stream, _)) = listener.accept().await {
-            connections.spawn(serve_connection(stream, session.clone()));
+    Ok(tokio::spawn(
+        async move {
+            let mut connections = JoinSet::new();
+            while let Ok((stream, _)) = listener.accept().await {
+                connections.spawn(serve_connection(stream, session.clone()).in_current_span());
+            }
         }
-    }))
+        .in_current_span(),
+    ))
 }
 
 async fn serve_connection(stream: UnixStream, session: Arc<Session>) {

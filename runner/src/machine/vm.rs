@@ -20,6 +20,7 @@ use super::qmp::Qmp;
 use super::shell::{Framing, Shell};
 use crate::log;
 use crate::process::{GroupChild, TERMINATE_GRACE};
+use tracing::Instrument;
 
 /// How long QEMU may take to connect to the monitor and shell sockets after its start script runs.
 const CONNECT_DEADLINE: Duration = Duration::from_secs(60);
@@ -103,7 +104,7 @@ impl RunningVm {
 
         let (exit_tx, exited) = watch::channel(None);
         let (terminate_tx, terminate_rx) = oneshot::channel();
-        tokio::spawn(supervise(process, terminate_rx, exit_tx, readers, console));
+        tokio::spawn(supervise(process, terminate_rx, exit_tx, readers, console).in_current_span());
 
         let vm_exit = exited.clone();
         let connect = async {
@@ -231,22 +232,25 @@ fn spawn_console_reader(
     stream: impl AsyncRead + Unpin + Send + 'static,
     console: Arc<Console>,
 ) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut reader = BufReader::new(stream);
-        let mut line = Vec::new();
-        loop {
-            line.clear();
-            match reader.read_until(b'\n', &mut line).await {
-                Ok(0) | Err(_) => break,
-                Ok(_) => {
-                    let text = String::from_utf8_lossy(&line);
-                    let text = text.trim_end_matches(['\n', '\r']);
-                    log::serial(&name, text);
-                    console.push_line(text);
+    tokio::spawn(
+        async move {
+            let mut reader = BufReader::new(stream);
+            let mut line = Vec::new();
+            loop {
+                line.clear();
+                match reader.read_until(b'\n', &mut line).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {
+                        let text = String::from_utf8_lossy(&line);
+                        let text = text.trim_end_matches(['\n', '\r']);
+                        log::serial(&name, text);
+                        console.push_line(text);
+                    }
                 }
             }
         }
-    })
+        .in_current_span(),
+    )
 }
 
 /// Owns the QEMU process: waits for it to exit or for a request to terminate it, then publishes the status once
