@@ -161,28 +161,22 @@ async fn run_recorded(
     kept: Option<KeptState>,
     run: u64,
 ) -> u8 {
-    log_preamble(plan, kept.as_ref());
     let started_at = cache::now_secs();
-    let started = Instant::now();
-    let state_dirs = kept.as_ref().map(|k| k.dirs.clone());
-    let result = execute(args, plan, staging.paths().out(), state_dirs).await;
-    log::stop_tee(run);
-    // Every machine is gone once `execute` returns: the state dirs are free.
-    drop(kept);
-
     let Summary {
         outcome,
         subtests,
         code,
         duration,
-    } = Summary::of(&result, started);
+        error,
+    } = execute_with_state(args, plan, staging.paths().out(), kept).await;
+    log::stop_tee(run);
     let junit = staging.paths().junit();
     if let Err(e) = report::write_junit(&junit, &plan.name, &outcome, duration, &subtests) {
         tracing::warn!("failed to write JUnit report {}: {e}", junit.display());
     }
-    let (entry_outcome, message) = match &result {
-        Ok(_) => cache::outcome_of(&outcome),
-        Err(e) => (cache::EntryOutcome::Error, Some(format!("{e:#}"))),
+    let (entry_outcome, message) = match error {
+        None => cache::outcome_of(&outcome),
+        Some(message) => (cache::EntryOutcome::Error, Some(message)),
     };
     let entry = Entry {
         format: cache::FORMAT.into(),
@@ -227,18 +221,14 @@ async fn run_uncached(
     user_out: Option<PathBuf>,
     kept: Option<KeptState>,
 ) -> u8 {
-    log_preamble(plan, kept.as_ref());
     let out_dir = user_out.unwrap_or_else(|| PathBuf::from("."));
-    let started = Instant::now();
-    let state_dirs = kept.as_ref().map(|k| k.dirs.clone());
-    let result = execute(args, plan, out_dir, state_dirs).await;
-    drop(kept);
     let Summary {
         outcome,
         subtests,
         code,
         duration,
-    } = Summary::of(&result, started);
+        ..
+    } = execute_with_state(args, plan, out_dir, kept).await;
     if let Some(path) = &args.junit_xml {
         if let Err(e) = report::write_junit(path, &plan.name, &outcome, duration, &subtests) {
             tracing::error!("failed to write JUnit report {}: {e}", path.display());
@@ -248,30 +238,48 @@ async fn run_uncached(
     code
 }
 
-/// What a run (or its failure to run) amounts to, for the report and the exit status.
+/// What a run (or its failure to run) amounts to, for the report, the cache entry and the exit status.
 struct Summary {
     outcome: Outcome,
     subtests: Vec<SubtestRecord>,
     code: u8,
     duration: Duration,
+    /// Why the test could not run at all (not a test failure).
+    error: Option<String>,
 }
 
-impl Summary {
-    fn of(result: &anyhow::Result<RunResult>, started: Instant) -> Self {
-        match result {
-            Ok(r) => Summary {
-                outcome: r.outcome.clone(),
-                subtests: r.subtests.clone(),
-                code: r.outcome.exit_code(),
-                duration: r.duration,
-            },
-            Err(e) => Summary {
-                outcome: Outcome::Failed(format!("{e:#}")),
-                subtests: Vec::new(),
-                code: EXIT_BAD_INPUT,
-                duration: started.elapsed(),
-            },
-        }
+/// Runs the test with its kept state dirs, which are released as soon as the machines are gone, and sums it up.
+async fn execute_with_state(
+    args: &RunArgs,
+    plan: &LoadedPlan,
+    out_dir: PathBuf,
+    kept: Option<KeptState>,
+) -> Summary {
+    log_preamble(plan, kept.as_ref());
+    let started = Instant::now();
+    let state_dirs = kept.as_ref().map(|k| k.dirs.clone());
+    let result = execute(args, plan, out_dir, state_dirs).await;
+    // Every machine is gone once `execute` returns: the state dirs are free.
+    drop(kept);
+    match result {
+        Ok(RunResult {
+            outcome,
+            duration,
+            subtests,
+        }) => Summary {
+            code: outcome.exit_code(),
+            outcome,
+            subtests,
+            duration,
+            error: None,
+        },
+        Err(e) => Summary {
+            outcome: Outcome::Failed(format!("{e:#}")),
+            subtests: Vec::new(),
+            code: EXIT_BAD_INPUT,
+            duration: started.elapsed(),
+            error: Some(format!("{e:#}")),
+        },
     }
 }
 
