@@ -20,6 +20,7 @@ let
     addErrorContext
     attrNames
     attrValues
+    concatMap
     elem
     filter
     foldl'
@@ -242,6 +243,19 @@ let
         { }
     );
 
+  # `test_script_inputs`: the derivation outputs named by the string context of the script that will run (its text,
+  # else its file), which `nix eval --json` drops. Opaque paths and whole-closure (`drvPath`) references are in the
+  # store once evaluated, so only built outputs are listed.
+  scriptInputs =
+    facts:
+    let
+      context = getContext (facts.test_script_text or facts.test_script or "");
+      inputs = sort lessThan (
+        concatMap (drv: map (output: "${drv}^${output}") (context.${drv}.outputs or [ ])) (attrNames context)
+      );
+    in
+    if inputs == [ ] then { } else { test_script_inputs = inputs; };
+
   sortUnique = list: foldl' (acc: x: if elem x acc then acc else acc ++ [ x ]) [ ] (sort lessThan list);
 
   # What the Rust side adds to the facts (validate.rs): defaults, node numbers, vlans; no cache key.
@@ -286,7 +300,8 @@ let
     t: shape: subject:
     addErrorContext "while making the plan of ${subject}" (
       let
-        facts = factsOf t shape subject;
+        found = factsOf t shape subject;
+        facts = found // scriptInputs found;
       in
       builtins.deepSeq facts.vms (complete facts)
     );

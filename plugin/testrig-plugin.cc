@@ -24,6 +24,7 @@
 
 #include <cstdio>
 #include <map>
+#include <set>
 
 namespace testrig {
 
@@ -328,6 +329,7 @@ struct Walker
                 configFacts(facts, config, subject);
             }
         }
+        scriptInputs(facts);
         if (state.isDerivation(t)) {
             copy(facts, "system", t, "system", subject, &Walker::string);
             // `drvPath` carries the deep context of the whole test run: kept out of the result's context.
@@ -335,6 +337,27 @@ struct Walker
                 facts["test_drv"] = std::string(state.forceString(*drvPath, pos, evaluating("drvPath", subject)));
         }
         return facts;
+    }
+
+    /**
+     * `test_script_inputs`: the derivation outputs named by the string context of the script that will run (its
+     * text, else its file), which `nix eval --json` drops. Opaque paths and whole-closure (`drvPath`) references are
+     * in the store once evaluated, so only built outputs are listed.
+     */
+    void scriptInputs(json & facts)
+    {
+        auto field = facts.contains("test_script_text") ? "test_script_text" : "test_script";
+        if (!facts.contains(field))
+            return;
+        auto found = contexts.find(facts[field].get<std::string>());
+        if (found == contexts.end())
+            return;
+        std::set<std::string> inputs;
+        for (auto & elem : found->second)
+            if (auto built = std::get_if<NixStringContextElem::Built>(&elem.raw))
+                inputs.insert(state.store->printStorePath(built->drvPath->getBaseStorePath()) + "^" + built->output);
+        if (!inputs.empty())
+            facts["test_script_inputs"] = inputs;
     }
 
     /** Runs `f`, adding `trace` to an error thrown from it. */

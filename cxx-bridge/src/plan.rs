@@ -41,6 +41,11 @@ pub struct Plan {
     /// The test script itself; wins over `test_script` when both are present.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub test_script_text: Option<String>,
+    /// Derivation outputs the test script names (`DRV^OUTPUT`, from its string context), such as a package whose
+    /// binary the script runs on the host: the test's derivation has them as inputs, so they are built before the
+    /// test runs. Not part of the cache key: their output paths are in the script text, which is.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub test_script_inputs: Vec<String>,
     #[serde(default)]
     pub vlans: Vec<u32>,
     #[serde(deserialize_with = "unique_keys")]

@@ -37,6 +37,9 @@ pub(crate) fn validate_and_normalise(mut plan: Plan) -> Result<Plan, PlanError> 
             return Err(PlanError::field("test_script", "is empty"));
         }
     }
+    for (i, input) in plan.test_script_inputs.iter().enumerate() {
+        check_derivation_output(&format!("test_script_inputs[{i}]"), input)?;
+    }
     for &vlan in &plan.vlans {
         check_vlan("vlans", vlan)?;
     }
@@ -100,6 +103,20 @@ fn check_vlan(field: &str, vlan: u32) -> Result<(), PlanError> {
     Ok(())
 }
 
+/// `/nix/store/…-name.drv^out`: what `nix build` takes to build one output of a derivation.
+fn check_derivation_output(field: &str, input: &str) -> Result<(), PlanError> {
+    let well_formed = input.split_once(".drv^").is_some_and(|(drv, output)| {
+        drv.starts_with('/') && !output.is_empty() && !output.contains(['/', '^'])
+    });
+    if !well_formed {
+        return Err(PlanError::field(
+            field,
+            format!("is `{input}`, not a derivation output (`/nix/store/…-name.drv^out`)"),
+        ));
+    }
+    Ok(())
+}
+
 /// Names become file names (state dirs, sockets) and log prefixes.
 fn check_machine_name(name: &str) -> Result<(), PlanError> {
     let bad = name.is_empty()
@@ -158,6 +175,32 @@ mod tests {
 
     fn err(text: &str) -> String {
         parse_plan(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn test_script_inputs_must_be_derivation_outputs() {
+        let with_inputs = |inputs: &str| {
+            format!(
+                r#"{{"test_script_text": "x", "test_script_inputs": {inputs},
+                     "vms": {{"a": {{"name": "a", "start_script": "/a"}}}}}}"#
+            )
+        };
+        let ok = parse_plan(&with_inputs(
+            r#"["/nix/store/aaaa-hello.drv^out", "/s/b.drv^bin"]"#,
+        ));
+        assert_eq!(ok.unwrap().plan.test_script_inputs.len(), 2);
+        for bad in [
+            r#"["/nix/store/aaaa-hello"]"#,
+            r#"["/nix/store/aaaa-hello.drv^"]"#,
+            r#"["hello.drv^out"]"#,
+        ] {
+            let err = parse_plan(&with_inputs(bad)).unwrap_err().to_string();
+            assert!(
+                err.starts_with("`test_script_inputs[0]` is `")
+                    && err.contains("not a derivation output"),
+                "{err}"
+            );
+        }
     }
 
     #[test]

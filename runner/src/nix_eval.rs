@@ -6,6 +6,7 @@
 //! (`plan_from_facts`), so a plan never depends on which one made it. Nothing here assumes a particular Nix
 //! installation: `nix` comes from `TESTRIG_NIX` or `PATH`.
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Instant;
@@ -248,21 +249,32 @@ impl Evaluator {
         Ok(evaluated)
     }
 
-    /// Builds the derivations of the start scripts that are not in the store yet, showing Nix's progress.
-    pub async fn realise(&self, plans: &[&Plan]) -> Result<(), NixError> {
-        let mut wanted: Vec<(String, &str)> = Vec::new();
+    /// Builds what the tests need that is not in the store yet, showing Nix's progress: the derivations of missing
+    /// start scripts, and the outputs the test scripts name (`test_script_inputs`) when one of the store paths a
+    /// script mentions is missing.
+    pub async fn realise(&self, plans: &[&LoadedPlan]) -> Result<(), NixError> {
+        // (installable, what it is for the log)
+        let mut wanted: Vec<(String, String)> = Vec::new();
+        let mut want = |installable: &str, what: &str| {
+            if !wanted.iter().any(|(i, _)| i == installable) {
+                wanted.push((installable.to_owned(), what.to_owned()));
+            }
+        };
         let mut missing_without_drv = Vec::new();
-        for plan in plans {
-            for vm in plan.vms.values() {
+        for loaded in plans {
+            for vm in loaded.plan.vms.values() {
                 if Path::new(&vm.start_script).exists() {
                     continue;
                 }
                 match &vm.drv {
-                    Some(drv) if !wanted.iter().any(|(d, _)| d == drv) => {
-                        wanted.push((drv.clone(), vm.name.as_str()))
-                    }
-                    Some(_) => {}
+                    Some(drv) => want(&format!("{drv}^out"), &vm.name),
                     None => missing_without_drv.push(vm.start_script.clone()),
+                }
+            }
+            let inputs = &loaded.plan.test_script_inputs;
+            if !inputs.is_empty() && missing_store_paths(&loaded.test_script_text, inputs) {
+                for input in inputs {
+                    want(input, &format!("{}'s script", loaded.name));
                 }
             }
         }
@@ -273,20 +285,38 @@ impl Evaluator {
             );
         }
         if wanted.is_empty() {
-            tracing::debug!("every start script is in the store already");
+            tracing::debug!("everything the tests need is in the store already");
             return Ok(());
         }
-        let machines: Vec<&str> = wanted.iter().map(|(_, m)| *m).collect();
+        let scripts = wanted
+            .iter()
+            .filter(|(_, what)| !what.ends_with("'s script"))
+            .count();
+        let inputs = wanted.len() - scripts;
+        let mut counted = Vec::new();
+        if scripts > 0 {
+            counted.push(format!(
+                "{scripts} start script{}",
+                if scripts == 1 { "" } else { "s" }
+            ));
+        }
+        if inputs > 0 {
+            counted.push(format!(
+                "{inputs} test script input{}",
+                if inputs == 1 { "" } else { "s" }
+            ));
+        }
+        let mut whats: Vec<&str> = wanted.iter().map(|(_, what)| what.as_str()).collect();
+        whats.dedup();
         tracing::info!(
-            "building {} start script{} ({}) with nix build",
-            wanted.len(),
-            if wanted.len() == 1 { "" } else { "s" },
-            machines.join(", ")
+            "building {} ({}) with nix build",
+            counted.join(" and "),
+            whats.join(", ")
         );
         let started = Instant::now();
         let mut argv = common_options();
         argv.extend(["build".into(), "--no-link".into()]);
-        argv.extend(wanted.iter().map(|(drv, _)| format!("{drv}^out")));
+        argv.extend(wanted.iter().map(|(installable, _)| installable.clone()));
         let mut command = Command::new(&self.nix);
         command
             .args(&argv)
@@ -306,10 +336,7 @@ impl Evaluator {
                 message: format!("nix build exited with {status} (its messages are above)"),
             });
         }
-        tracing::info!(
-            "built the start scripts in {:.1} s",
-            started.elapsed().as_secs_f64()
-        );
+        tracing::info!("built them in {:.1} s", started.elapsed().as_secs_f64());
         Ok(())
     }
 
@@ -441,11 +468,7 @@ pub async fn load_nix_plans(
             )?);
         }
     }
-    let to_build: Vec<&Plan> = loaded
-        .iter()
-        .filter(|plan| !answered(plan))
-        .map(|plan| &plan.plan)
-        .collect();
+    let to_build: Vec<&LoadedPlan> = loaded.iter().filter(|plan| !answered(plan)).collect();
     if to_build.len() < loaded.len() {
         tracing::debug!(
             "{} of {} tests will be answered from the cache; not building their VMs",
@@ -458,6 +481,30 @@ pub async fn load_nix_plans(
         .await
         .map_err(|e| BadInput(e.to_string()))?;
     Ok(loaded)
+}
+
+/// Whether a store path that `script` mentions, in the store of the derivations in `inputs`, is missing. The
+/// outputs of `inputs` are among those paths, so when none is missing there is nothing to build (and no `nix`
+/// call to pay for).
+fn missing_store_paths(script: &str, inputs: &[String]) -> bool {
+    let store_dirs: BTreeSet<&str> = inputs
+        .iter()
+        .filter_map(|input| Path::new(input.split('^').next()?).parent()?.to_str())
+        .collect();
+    store_dirs.iter().any(|dir| {
+        let prefix = format!("{dir}/");
+        script.match_indices(&prefix).any(|(at, _)| {
+            let rest = &script[at + prefix.len()..];
+            // A store path's base name: nix-base32 hash, `-`, then name characters.
+            let name_len = rest
+                .find(|c: char| !(c.is_ascii_alphanumeric() || "+-._?=".contains(c)))
+                .unwrap_or(rest.len());
+            let name = &rest[..name_len];
+            name.len() > 33
+                && name.as_bytes()[32] == b'-'
+                && !Path::new(&prefix).join(name).exists()
+        })
+    })
 }
 
 /// Options every `nix` call gets: the new CLI and flakes, whatever the user's nix.conf says.
@@ -633,6 +680,31 @@ fn command_line(program: &Path, argv: &[String]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_test_script_input_is_built_only_when_a_path_it_names_is_missing() {
+        let store = tempfile::tempdir().unwrap();
+        let dir = store.path().display();
+        let present = format!("{dir}/{}-hello-2.12", "a".repeat(32));
+        std::fs::write(&present, "").unwrap();
+        let absent = format!("{dir}/{}-greeting", "b".repeat(32));
+        let inputs = [format!("{dir}/{}-hello.drv^out", "c".repeat(32))];
+
+        let script = |paths: &[&str]| {
+            paths
+                .iter()
+                .map(|p| format!("machine.succeed(\"{p}/bin/hello\")\n"))
+                .collect::<String>()
+        };
+        assert!(!missing_store_paths(&script(&[&present]), &inputs));
+        assert!(missing_store_paths(&script(&[&present, &absent]), &inputs));
+        // Not store paths: too short a name, or another directory.
+        assert!(!missing_store_paths(&format!("open('{dir}/abc')"), &inputs));
+        assert!(!missing_store_paths(
+            &script(&["/elsewhere/bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb-x"]),
+            &inputs
+        ));
+    }
 
     #[test]
     fn tells_nix_references_from_plan_files() {
