@@ -19,6 +19,7 @@ out_dir=$repo/target/plugin
 out=${TESTRIG_PLUGIN_OUT:-$out_dir/libtestrig.so}
 extra_flags=${TESTRIG_PLUGIN_CXXFLAGS:-} # for tests, e.g. -DTESTRIG_BUILT_FOR_NIX='"2.0.0"'
 source=$repo/plugin/testrig-plugin.cc
+compat=$repo/plugin/nix-compat.hh
 mkdir -p "$(dirname "$out")"
 
 say "building the Rust bridge (cargo build -p testrig-bridge --release)"
@@ -26,7 +27,7 @@ say "building the Rust bridge (cargo build -p testrig-bridge --release)"
 staticlib=$repo/target/release/libtestrig_bridge.a
 bridge_header=$repo/target/cxxbridge/testrig-bridge/src/bridge.rs.h
 
-if [ -z "$extra_flags" ] && [ -e "$out" ] && [ "$out" -nt "$source" ] && [ "$out" -nt "$staticlib" ] && [ "$out" -nt "$prefix/bin/nix" ] \
+if [ -z "$extra_flags" ] && [ -e "$out" ] && [ "$out" -nt "$source" ] && [ "$out" -nt "$compat" ] && [ "$out" -nt "$staticlib" ] && [ "$out" -nt "$prefix/bin/nix" ] \
   && [ "$out" -nt "$0" ]; then
   say "$out is up to date"
   echo "$out"
@@ -37,12 +38,16 @@ export PKG_CONFIG_PATH=$prefix/lib/pkgconfig
 nix_pkgs=(nix-expr nix-store nix-util nix-main)
 cflags=$(pkg-config --cflags "${nix_pkgs[@]}") || die "pkg-config finds no Nix in $prefix/lib/pkgconfig"
 libs=$(pkg-config --libs "${nix_pkgs[@]}")
+# The version the plugin checks for when loaded (Nix 2.28 and later have it in no header).
+nix_version=$(pkg-config --modversion nix-expr)
+version_flag=-DTESTRIG_BUILT_FOR_NIX=\"$nix_version\"
+[[ $extra_flags == *TESTRIG_BUILT_FOR_NIX* ]] && version_flag=
 [ -e "$bridge_header" ] || die "cxx did not generate $bridge_header"
 
-say "compiling $source"
+say "compiling $source against Nix $nix_version"
 # shellcheck disable=SC2086 # pkg-config output is a list of flags
 "${CXX:-c++}" -std=c++20 -O2 -g -fPIC -shared -Wall -Wextra -Wno-unused-parameter -Wno-missing-field-initializers \
-  $cflags -I"$repo/target/cxxbridge" $extra_flags \
+  $cflags -I"$repo/target/cxxbridge" $version_flag $extra_flags \
   -o "$out.tmp" "$source" \
   "$staticlib" $libs -lgcc_s -lutil -lrt -lpthread -lm -ldl -lc \
   -Wl,--exclude-libs,ALL -Wl,-z,defs -Wl,-rpath,"$prefix/lib" \

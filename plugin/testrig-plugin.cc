@@ -6,22 +6,15 @@
 // Nothing is built and nothing is imported from a derivation: start scripts are output paths of derivations that are
 // only instantiated, and keep their string context in the result.
 
-// The generated configuration headers come first: pkg-config does not add them, and HAVE_BOEHMGC changes the ABI.
-#include "config-util.hh"
-#include "config-store.hh"
-#include "config-expr.hh"
-
-#include "eval-inline.hh"
-#include "globals.hh"
-#include "json-to-value.hh"
-#include "primops.hh"
-#include "store-api.hh"
+// Nix's headers, and what differs between the Nix versions the plugin builds against.
+#include "nix-compat.hh"
 
 #include <nlohmann/json.hpp>
 
 #include "rust/cxx.h"
 #include "testrig-bridge/src/bridge.rs.h"
 
+#include <cctype>
 #include <cstdio>
 #include <map>
 #include <set>
@@ -124,7 +117,7 @@ struct Walker
     {
         state.forceList(v, pos, ctx);
         json out = json::array();
-        for (auto elem : v.listItems())
+        for (auto elem : compat::items(v))
             out.push_back(string(*elem, ctx));
         return out;
     }
@@ -205,7 +198,7 @@ struct Walker
             hasVlans = true;
             auto ctx = evaluating("virtualisation.vlans", subject);
             state.forceList(*list, pos, ctx);
-            for (auto elem : list->listItems())
+            for (auto elem : compat::items(*list))
                 vlans.push_back(integer(*elem, ctx));
         }
         if (auto interfaces = find(node, "virtualisation.interfaces", subject)) {
@@ -385,12 +378,12 @@ struct Walker
             for (auto & a : *v.attrs())
                 restoreContext(*a.value);
         else if (v.type() == nList)
-            for (auto elem : v.listItems())
+            for (auto elem : compat::items(v))
                 restoreContext(*elem);
         else if (v.type() == nString) {
             auto found = contexts.find(std::string(v.string_view()));
             if (found != contexts.end())
-                v.mkString(found->first, found->second);
+                compat::setString(v, state, found->first, found->second);
         }
     }
 };
@@ -401,7 +394,7 @@ static std::string dump(const json & j)
     return j.dump(-1, ' ', false, json::error_handler_t::replace);
 }
 
-static void prim_nixosTestPlan(EvalState & state, const PosIdx pos, Value ** args, Value & v)
+static void prim_nixosTestPlan(EvalState & state, PosIdx pos, Value * const * args, Value & v)
 {
     Walker walker{state, pos, {}};
     Value & arg = *args[0];
@@ -444,14 +437,26 @@ static void prim_nixosTestPlan(EvalState & state, const PosIdx pos, Value ** arg
 // Nix calls this after loading the plugin (Nix 2.21 and later). The version check comes first: a plugin built for
 // another Nix may have loaded (its symbols resolved) and still disagree on the layout of what it touches, so on a
 // mismatch it says so on stderr, without touching any Nix data structure, and registers nothing.
-// The Nix version this plugin was built for; smoke.sh builds one that claims another, to see the mismatch message.
-#ifndef TESTRIG_BUILT_FOR_NIX
-#    define TESTRIG_BUILT_FOR_NIX PACKAGE_VERSION
-#endif
+// TESTRIG_BUILT_FOR_NIX (nix-compat.hh) is the Nix version this plugin was built for; smoke.sh builds one that
+// claims another, to see the mismatch message.
+
+namespace testrig {
+/**
+ * Whether the running Nix is the one the plugin was built for: the same version, where a development build's
+ * suffix (`2.31.0pre20250701_abcdef`, which its pkg-config version lacks) does not count.
+ */
+static bool sameNix(std::string_view running, std::string_view built)
+{
+    if (!running.starts_with(built))
+        return false;
+    auto rest = running.substr(built.size());
+    return rest.empty() || !(std::isdigit(static_cast<unsigned char>(rest[0])) || rest[0] == '.');
+}
+} // namespace testrig
 
 extern "C" void nix_plugin_entry()
 {
-    if (nix::nixVersion != TESTRIG_BUILT_FOR_NIX) {
+    if (!testrig::sameNix(nix::nixVersion, TESTRIG_BUILT_FOR_NIX)) {
         std::fprintf(
             stderr,
             "testrig: this plugin was built for Nix %s but was loaded into Nix %s; builtins.nixosTestPlan is not "
@@ -460,15 +465,14 @@ extern "C" void nix_plugin_entry()
             nix::nixVersion.c_str());
         return;
     }
-    nix::RegisterPrimOp({
-        .name = "__nixosTestPlan",
-        .args = {"test"},
-        .doc = R"(
+    nix::RegisterPrimOp(testrig::compat::makePrimOp(
+        "__nixosTestPlan",
+        {"test"},
+        R"(
           Returns the testrig plan (schema `testrig-plan/1`) of a NixOS test, as returned by
           `pkgs.testers.runNixOSTest` or `pkgs.nixosTest`, without building anything. Given an attribute set of
           tests, such as a flake's `checks.<system>`, returns `{ plans = { <name> = plan; }; skipped = { <name> =
           reason; }; }`, where `skipped` lists the attributes that are not NixOS tests.
         )",
-        .fun = testrig::prim_nixosTestPlan,
-    });
+        testrig::prim_nixosTestPlan));
 }
