@@ -93,5 +93,15 @@ else
   echo "FAILED: version mismatch"; echo "$out" | sed 's/^/    /'; failures=$((failures + 1))
 fi
 
+# nix-compat.hh's branches for newer Nix versions compile, instantiated with types of their upstream shapes.
+cflags=$(PKG_CONFIG_PATH=$prefix/lib/pkgconfig pkg-config --cflags nix-expr nix-store nix-util nix-main)
+# shellcheck disable=SC2086 # pkg-config output is a list of flags
+if out=$("${CXX:-c++}" -std=c++20 -fsyntax-only -Wall -Wextra -Wno-unused-parameter -Wno-missing-field-initializers \
+  $cflags -DTESTRIG_BUILT_FOR_NIX='"check"' -I"$repo/plugin" "$repo/plugin/compat-check.cc" 2>&1); then
+  echo "ok: nix-compat.hh compiles both ways of each Nix API change (compat-check.cc)"
+else
+  echo "FAILED: compat-check.cc"; echo "$out" | sed 's/^/    /'; failures=$((failures + 1))
+fi
+
 [ "$failures" = 0 ] || { echo "$failures smoke check(s) failed"; exit 1; }
 echo "all plugin smoke checks passed"
