@@ -702,6 +702,7 @@ class Session:
         self.test_script_name = str(data.get("test_script_name") or "testScript")
         self.out_dir = Path(data.get("out_dir") or os.getcwd())
         self.interactive = bool(data.get("interactive", False))
+        self.debug_on_failure = bool(data.get("debug_on_failure", False))
 
     @classmethod
     def load(cls, path: str) -> Session:
@@ -818,34 +819,43 @@ class Driver:
     def run_tests(self) -> None:
         self.test_script()
 
-    def run(self) -> int:
-        """Run the script, report the result to the runner, return the exit status (0 pass, 1 fail)."""
+    def run(self, debug_on_failure: bool = False) -> int:
+        """Run the script, report the result to the runner, return the exit status (0 pass, 1 fail). With
+        `debug_on_failure`, a failure first opens a prompt (`--debug-on-failure`)."""
+        failure: BaseException
         try:
             self.test_script()
         except SystemExit as e:
             if e.code is None or e.code == 0:
                 return self._report_success()
-            return self._report_failure(e)
+            failure = e
         except BaseException as e:
-            return self._report_failure(e)
-        return self._report_success()
+            failure = e
+        else:
+            return self._report_success()
+        if debug_on_failure:
+            self.debug_failure(failure)
+        return self._report_failure(failure)
 
     def interact(self) -> int:
         """`-I`: a Python prompt with the test's globals, as nixpkgs' interactive driver gives; the run ends with
         the prompt (Ctrl-D or `exit()`). Exceptions are shown at the prompt and do not end it."""
-        import code
-
-        try:
-            import readline  # noqa: F401  (line editing and history at the prompt)
-        except ImportError:
-            pass
-        banner = ("testrig interactive: the test's globals are here. test_script() runs the whole script, "
-                  "start_all() boots every machine, <machine>.succeed(...) runs a command. Ctrl-D ends the run.")
-        try:
-            code.interact(banner=banner, local=self.test_symbols(), exitmsg="")
-        except SystemExit:
-            pass
+        prompt("testrig interactive: the test's globals are here. test_script() runs the whole script, "
+               "start_all() boots every machine, <machine>.succeed(...) runs a command. Ctrl-D ends the run.",
+               self.test_symbols())
         return self._report_success()
+
+    def debug_failure(self, failure: BaseException) -> None:
+        """`--debug-on-failure`: the failure, then a prompt with the test's globals while the machines still run;
+        the runner stops the global timeout when told the prompt opens."""
+        self.client.call("debug_prompt", {})
+        sys.stderr.write(format_failure(failure, self.test_script_name))
+        symbols = self.test_symbols()
+        symbols["exc"] = failure
+        symbols["pm"] = lambda: post_mortem(failure, self.test_script_name)
+        prompt("testrig: the test script failed (above) and its machines are still running. The exception is `exc`, "
+               "pm() opens the post-mortem debugger, <machine>.succeed(...) runs a command. Ctrl-D ends the run, "
+               "which fails.", symbols)
 
     def _report_success(self) -> int:
         self.client.call("result", {"ok": True})
@@ -862,10 +872,44 @@ class Driver:
 # --- failure reporting ----------------------------------------------------------------------------------------------
 
 
+def prompt(banner: str, symbols: dict[str, Any]) -> None:
+    """A Python prompt on the terminal with `symbols` as its globals, until Ctrl-D or `exit()`."""
+    import code
+
+    try:
+        import readline  # noqa: F401  (line editing and history at the prompt)
+    except ImportError:
+        pass
+    try:
+        code.interact(banner=banner, local=symbols, exitmsg="")
+    except SystemExit:
+        pass
+
+
+def post_mortem(failure: BaseException, script_name: str) -> None:
+    """pdb on the frame of the test script's line that failed (not in the driver's code below it, where
+    `pdb.post_mortem` would start); `up`/`down` walk the stack as usual."""
+    import pdb
+
+    frame = None
+    tb = failure.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_code.co_filename == script_name:
+            frame = tb.tb_frame
+        tb = tb.tb_next
+    debugger = pdb.Pdb()
+    debugger.reset()
+    if frame is None:
+        debugger.interaction(None, failure.__traceback__)
+    else:
+        debugger.interaction(frame, None)
+
+
 def register_script_source(script_name: str, text: str) -> None:
     """Let tracebacks show the script's lines: they come from linecache, and an entry without an mtime is never
-    invalidated (the name need not be a file that exists)."""
-    linecache.cache[script_name] = (len(text), None, text.splitlines(True), script_name)
+    invalidated (the name need not be a file that exists). pdb looks names up made absolute, so that too."""
+    for name in {script_name, os.path.abspath(script_name)}:
+        linecache.cache[name] = (len(text), None, text.splitlines(True), name)
 
 
 def script_frames(e: BaseException, script_name: str) -> list[traceback.FrameSummary]:
@@ -915,7 +959,7 @@ def main() -> int:
     client.connect()
     driver = Driver(client, session.machines, session.vlans, script, session.test_script_name, session.out_dir)
     try:
-        return driver.interact() if session.interactive else driver.run()
+        return driver.interact() if session.interactive else driver.run(session.debug_on_failure)
     finally:
         client.close()
 

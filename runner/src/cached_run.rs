@@ -46,10 +46,10 @@ async fn run_plan_in_span(
     run: u64,
 ) -> u8 {
     let user_out = user_out_dir(args, plan, several);
-    // With -K the result depends on the kept disks, which the key does not cover: always run. An interactive
-    // session (-I) is neither answered from the cache nor recorded in it.
+    // With -K the result depends on the kept disks, which the key does not cover: always run. A run with a prompt
+    // (-I, --debug-on-failure) is neither answered from the cache nor recorded in it.
     let skip_allowed = !args.rerun && !args.keep_vm_state;
-    let cache = cache.filter(|_| !args.interactive);
+    let cache = cache.filter(|_| !args.prompts());
     if let Some(cache) = cache.filter(|_| skip_allowed) {
         match cache.lookup(&plan.cache_key) {
             Lookup::Ignored { dir, reason } => tracing::warn!(

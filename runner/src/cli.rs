@@ -147,9 +147,21 @@ pub struct RunArgs {
     /// timeout, and the run is not cached.
     #[arg(short = 'I', long = "interactive")]
     pub interactive: bool,
+
+    /// When the test script fails (an exception, a failed command, Ctrl-C), a Python prompt with the test's
+    /// globals while its machines still run: the exception is `exc`, `pm()` opens the post-mortem debugger, and
+    /// the global timeout stops counting. The run still fails when the prompt ends, and is not cached.
+    #[arg(long = "debug-on-failure", conflicts_with = "interactive")]
+    pub debug_on_failure: bool,
 }
 
 impl RunArgs {
+    /// Whether the test script's Python may take the terminal for a prompt (`-I`, `--debug-on-failure`): such a
+    /// run is not cached, and tests run one at a time.
+    pub fn prompts(&self) -> bool {
+        self.interactive || self.debug_on_failure
+    }
+
     pub fn verbosity(&self) -> i8 {
         self.verbose as i8 - self.quiet as i8
     }

@@ -28,7 +28,8 @@ pub async fn run(args: RunArgs) -> u8 {
         }
     };
     let several = plans.len() > 1;
-    let budget = schedule::Budget::of_machine(args.jobs);
+    // A prompt needs the terminal to itself.
+    let budget = schedule::Budget::of_machine(if args.prompts() { Some(1) } else { args.jobs });
     log::prefix_test_names(several && budget.jobs > 1);
     let codes = schedule::run_all(&plans, budget, |plan| {
         cached_run::run_plan(&args, plan, several, cache.as_ref())
@@ -156,6 +157,7 @@ pub async fn execute(
             ..Timeouts::default()
         },
         interactive: args.interactive,
+        debug_on_failure: args.debug_on_failure,
     };
     let result = run_test(plan, &options).await;
     match &result {

@@ -298,6 +298,63 @@ fn interactive_mode_gives_a_prompt_with_the_test_globals_and_caches_nothing() {
 }
 
 #[test]
+fn debug_on_failure_opens_a_prompt_that_stops_the_global_timeout_and_the_run_still_fails() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    write_start_script(dir.path(), "run-machine-vm");
+    let script = serde_json::to_string("print('before')\nraise RuntimeError('boom')\n").unwrap();
+    std::fs::write(
+        dir.path().join("plan.json"),
+        format!(r#"{{"test_script_text": {script}, "global_timeout": 2, "vms": {{{VM}}}}}"#),
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_testrig"))
+        .args(["run", "--debug-on-failure", "plan.json"])
+        .current_dir(dir.path())
+        .env("TESTRIG_CACHE_DIR", dir.path().join("cache"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Longer at the prompt than the whole test may take: the prompt's time is not the test's.
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(
+            b"import time; time.sleep(3)\nprint('exc is', repr(exc), machine.name)\npm()\nq\n",
+        )
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("before") && stdout.contains("exc is RuntimeError('boom') machine"),
+        "{stdout}\n{stderr}"
+    );
+    // The post-mortem debugger starts on the script's line.
+    assert!(
+        stdout.contains("-> raise RuntimeError('boom')") && stdout.contains("(Pdb)"),
+        "{stdout}\n{stderr}"
+    );
+    assert!(stderr.contains("a debugging prompt is open"), "{stderr}");
+    assert!(
+        stderr.contains("testScript:2: RuntimeError: boom"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("global timeout of"), "{stderr}");
+    assert!(
+        !dir.path().join("cache/entries").exists()
+            || std::fs::read_dir(dir.path().join("cache/entries"))
+                .unwrap()
+                .next()
+                .is_none()
+    );
+}
+
+#[test]
 fn the_cache_is_trimmed_to_its_size_cap_after_each_run() {
     let dir = tempfile::tempdir().unwrap();
     write_start_script(dir.path(), "run-machine-vm");

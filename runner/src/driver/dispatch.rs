@@ -146,6 +146,16 @@ async fn global_op(session: &Session, op: &str, args: &Args<'_>) -> OpResult<Val
             });
             Ok(Value::Null)
         }
+        "debug_prompt" => {
+            session
+                .debugging
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+            tracing::warn!(
+                "the test script failed; a debugging prompt is open with its machines still running (the global \
+                 timeout is stopped; Ctrl-D ends the run)"
+            );
+            Ok(Value::Null)
+        }
         "result" => {
             *session.result.lock().unwrap() = Some(ScriptResult {
                 ok: args.bool_or("ok", false),

@@ -24,6 +24,8 @@ pub struct PythonSetup<'a> {
     pub out_dir: &'a Path,
     /// A Python prompt on the runner's terminal instead of the script (`-I`).
     pub interactive: bool,
+    /// The script on the runner's terminal, with a prompt when it fails (`--debug-on-failure`).
+    pub debug_on_failure: bool,
 }
 
 /// Writes the driver module, the script and the session file into the run dir and starts Python.
@@ -46,6 +48,7 @@ pub fn spawn(setup: &PythonSetup) -> Result<GroupChild> {
         "test_script_name": setup.test_script_name,
         "out_dir": setup.out_dir,
         "interactive": setup.interactive,
+        "debug_on_failure": setup.debug_on_failure,
     });
     std::fs::write(&session_path, session.to_string())
         .context("failed to write the session file")?;
@@ -58,7 +61,7 @@ pub fn spawn(setup: &PythonSetup) -> Result<GroupChild> {
         .env("TESTRIG_RPC_SOCKET", setup.rpc_socket)
         .env("TESTRIG_SESSION", &session_path)
         .env("PYTHONDONTWRITEBYTECODE", "1");
-    let spawned = if setup.interactive {
+    let spawned = if setup.interactive || setup.debug_on_failure {
         // The prompt needs the terminal, line by line and unbuffered: stdio is the runner's own, and Python stays
         // in the foreground process group so that it may read the terminal and gets Ctrl-C itself.
         GroupChild::spawn_in_foreground(&mut command, "python prompt")

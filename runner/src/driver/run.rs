@@ -26,6 +26,9 @@ pub struct RunOptions {
     pub timeouts: Timeouts,
     /// `-I`: a Python prompt instead of the script; no global timeout, and Ctrl-C belongs to the prompt.
     pub interactive: bool,
+    /// `--debug-on-failure`: the script runs with Python in the foreground (Ctrl-C belongs to it) and a failure
+    /// opens a prompt, which stops the global timeout.
+    pub debug_on_failure: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -116,8 +119,11 @@ pub async fn run_test(plan: &LoadedPlan, options: &RunOptions) -> Result<RunResu
         test_script_name: &plan.test_script_name,
         out_dir: &options.out_dir,
         interactive: options.interactive,
+        debug_on_failure: options.debug_on_failure,
     })?;
 
+    // With a prompt possible, Python has the terminal and takes Ctrl-C itself.
+    let foreground = options.interactive || options.debug_on_failure;
     let output = python::forward_output(&mut python);
     let global_timeout = Duration::from_secs(plan.plan.global_timeout);
     let mut sigint = signal(SignalKind::interrupt())?;
@@ -137,8 +143,8 @@ pub async fn run_test(plan: &LoadedPlan, options: &RunOptions) -> Result<RunResu
                 _ => Outcome::Failed(format!("the Python test driver exited ({status}) without reporting a result")),
             }
         }
-        _ = tokio::time::sleep(global_timeout), if !options.interactive => Outcome::TimedOut(global_timeout),
-        _ = sigint.recv(), if !options.interactive => Outcome::Interrupted("SIGINT"),
+        _ = global_deadline(global_timeout, &session), if !options.interactive => Outcome::TimedOut(global_timeout),
+        _ = sigint.recv(), if !foreground => Outcome::Interrupted("SIGINT"),
         _ = sigterm.recv() => Outcome::Interrupted("SIGTERM"),
     };
     match &outcome {
@@ -160,6 +166,15 @@ pub async fn run_test(plan: &LoadedPlan, options: &RunOptions) -> Result<RunResu
         duration: started.elapsed(),
         subtests,
     })
+}
+
+/// Ends when the global timeout is reached, unless a debugging prompt opened before then: the time a person spends
+/// at the prompt is not the test's.
+async fn global_deadline(timeout: Duration, session: &Session) {
+    tokio::time::sleep(timeout).await;
+    if session.debugging.load(std::sync::atomic::Ordering::SeqCst) {
+        std::future::pending::<()>().await;
+    }
 }
 
 /// Python first (it may be mid-request), then every machine (synced if the run ended normally), then the

@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -34,6 +35,8 @@ pub struct Session {
     /// Log sections the script opened with `log.nested(...)`.
     pub open_sections: Mutex<Vec<Section>>,
     pub result: Mutex<Option<ScriptResult>>,
+    /// Set when `--debug-on-failure` opened its prompt: the global timeout no longer applies.
+    pub debugging: AtomicBool,
 }
 
 impl Session {
@@ -50,6 +53,7 @@ impl Session {
             open_subtests: Mutex::default(),
             open_sections: Mutex::default(),
             result: Mutex::default(),
+            debugging: AtomicBool::new(false),
         }
     }
 
