@@ -69,9 +69,10 @@ async fn run_plan_in_span(
         eprintln!("testrig: {e}");
         return EXIT_BAD_INPUT;
     }
-    let kept = match keep_state(args, plan) {
-        Ok(kept) => kept,
-        Err(message) => {
+    let kept = match unless_interrupted(keep_state(args, plan)).await {
+        Err(interrupted) => return interrupted.exit_code(),
+        Ok(Ok(kept)) => kept,
+        Ok(Err(message)) => {
             tracing::error!("{}: {message}", plan.name);
             return EXIT_BAD_INPUT;
         }
@@ -87,9 +88,10 @@ async fn run_plan_in_span(
         );
         return run_uncached(args, plan, user_out, kept).await;
     }
-    let key_lock = match lock_key(cache, plan) {
-        Ok(lock) => lock,
-        Err(e @ LockError::Busy { .. }) => {
+    let key_lock = match unless_interrupted(lock_key(cache, plan)).await {
+        Err(interrupted) => return interrupted.exit_code(),
+        Ok(Ok(lock)) => lock,
+        Ok(Err(e @ LockError::Busy { .. })) => {
             tracing::error!(
                 "{}: cannot lock cache key {}: {e}",
                 plan.name,
@@ -97,7 +99,7 @@ async fn run_plan_in_span(
             );
             return EXIT_BAD_INPUT;
         }
-        Err(e) => {
+        Ok(Err(e)) => {
             tracing::warn!("cannot use the result cache: {e}; running without it");
             return run_uncached(args, plan, user_out, kept).await;
         }
@@ -327,7 +329,7 @@ fn log_preamble(plan: &LoadedPlan, kept: Option<&KeptState>) {
 }
 
 /// With `-K`: the nodes' kept state dirs, locked and checked against the nodes' identities.
-fn keep_state(args: &RunArgs, plan: &LoadedPlan) -> Result<Option<KeptState>, String> {
+async fn keep_state(args: &RunArgs, plan: &LoadedPlan) -> Result<Option<KeptState>, String> {
     if !args.keep_vm_state {
         return Ok(None);
     }
@@ -346,12 +348,13 @@ fn keep_state(args: &RunArgs, plan: &LoadedPlan) -> Result<Option<KeptState>, St
         lock_timeout: args.lock_timeout,
     };
     state::prepare(&root, &plan.name, &nodes, options)
+        .await
         .map(Some)
         .map_err(|e| e.to_string())
 }
 
 /// The key's lock. A run that holds it is running the same test: wait for it (bounded by its global timeout).
-fn lock_key(cache: &Cache, plan: &LoadedPlan) -> Result<LockGuard, LockError> {
+async fn lock_key(cache: &Cache, plan: &LoadedPlan) -> Result<LockGuard, LockError> {
     let key = &plan.cache_key;
     if let Some(lock) = cache.try_lock_key(key)? {
         return Ok(lock);
@@ -368,7 +371,29 @@ fn lock_key(cache: &Cache, plan: &LoadedPlan) -> Result<LockGuard, LockError> {
             wait.as_secs()
         ),
     );
-    cache.lock_key(key, wait)
+    cache.lock_key(key, wait).await
+}
+
+/// `wait`, unless SIGINT or SIGTERM comes first: waiting for another run's lock may take as long as its test, and
+/// Ctrl-C must end it at once (the lock is never taken then, and nothing was started yet).
+async fn unless_interrupted<T>(wait: impl std::future::Future<Output = T>) -> Result<T, Outcome> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut sigint), Ok(mut sigterm)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        return Ok(wait.await);
+    };
+    tokio::select! {
+        done = wait => Ok(done),
+        _ = sigint.recv() => Err(interrupted("SIGINT")),
+        _ = sigterm.recv() => Err(interrupted("SIGTERM")),
+    }
+}
+
+fn interrupted(signal: &'static str) -> Outcome {
+    log::line(None, &format!("{signal} received while waiting, stopping"));
+    Outcome::Interrupted(signal)
 }
 
 fn user_out_dir(args: &RunArgs, plan: &LoadedPlan, several: bool) -> Option<PathBuf> {

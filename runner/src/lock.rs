@@ -61,8 +61,10 @@ impl LockGuard {
     }
 }
 
-/// Takes the lock at `path` (creating the file), waiting up to `wait` for its holder to let go.
-pub fn acquire(path: &Path, wait: Duration) -> Result<LockGuard, LockError> {
+/// Takes the lock at `path` (creating the file), waiting up to `wait` for its holder to let go. The task sleeps
+/// between tries, so other tasks (another test's VMs, a signal handler) go on while it waits, and dropping the
+/// future ends the wait.
+pub async fn acquire(path: &Path, wait: Duration) -> Result<LockGuard, LockError> {
     let started = Instant::now();
     let mut pause = Duration::from_millis(10);
     loop {
@@ -81,7 +83,7 @@ pub fn acquire(path: &Path, wait: Duration) -> Result<LockGuard, LockError> {
                 },
             });
         }
-        std::thread::sleep(pause.min(wait - waited));
+        tokio::time::sleep(pause.min(wait - waited)).await;
         pause = (pause * 2).min(MAX_POLL);
     }
 }
@@ -156,12 +158,12 @@ impl Drop for LockGuard {
 mod tests {
     use super::*;
 
-    #[test]
-    fn second_taker_is_refused_with_the_holders_pid() {
+    #[tokio::test(flavor = "current_thread")]
+    async fn second_taker_is_refused_with_the_holders_pid() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("x.lock");
-        let first = acquire(&path, Duration::ZERO).unwrap();
-        let err = acquire(&path, Duration::ZERO).unwrap_err();
+        let first = acquire(&path, Duration::ZERO).await.unwrap();
+        let err = acquire(&path, Duration::ZERO).await.unwrap_err();
         let message = err.to_string();
         assert!(
             message.contains(&format!("PID {}", std::process::id())),
@@ -171,50 +173,54 @@ mod tests {
         assert!(is_held(&path));
         drop(first);
         assert!(!is_held(&path));
-        acquire(&path, Duration::ZERO).unwrap();
+        acquire(&path, Duration::ZERO).await.unwrap();
     }
 
-    #[test]
-    fn a_waiter_gets_the_lock_when_the_holder_lets_go() {
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_waiter_gets_the_lock_when_the_holder_lets_go_and_other_tasks_run_meanwhile() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("x.lock");
-        let first = acquire(&path, Duration::ZERO).unwrap();
-        let releaser = std::thread::spawn(move || {
-            std::thread::sleep(Duration::from_millis(100));
+        let first = acquire(&path, Duration::ZERO).await.unwrap();
+        // On this one thread, the holder's task must get to run while the waiter waits.
+        let holder = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(100)).await;
             drop(first);
         });
         let started = Instant::now();
-        acquire(&path, Duration::from_secs(5)).unwrap();
+        acquire(&path, Duration::from_secs(5)).await.unwrap();
         assert!(started.elapsed() >= Duration::from_millis(90));
-        releaser.join().unwrap();
+        holder.await.unwrap();
     }
 
-    #[test]
-    fn a_bounded_wait_names_how_long_it_waited() {
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_bounded_wait_names_how_long_it_waited() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("x.lock");
-        let _first = acquire(&path, Duration::ZERO).unwrap();
-        let err = acquire(&path, Duration::from_millis(50)).unwrap_err();
+        let _first = acquire(&path, Duration::ZERO).await.unwrap();
+        let err = acquire(&path, Duration::from_millis(50)).await.unwrap_err();
         assert!(
             matches!(err, LockError::Busy { waited, .. } if waited >= Duration::from_millis(50))
         );
+        assert!(err.to_string().contains("still after waiting"), "{err}");
     }
 
-    #[test]
-    fn a_removed_lock_file_is_not_shared_by_two_holders() {
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_removed_lock_file_is_not_shared_by_two_holders() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("x.lock");
-        let first = acquire(&path, Duration::ZERO).unwrap();
-        // Somebody opens the file now and waits for the lock...
+        let first = acquire(&path, Duration::ZERO).await.unwrap();
+        // Somebody waits for the lock...
         let waiter_path = path.clone();
         let waiter =
-            std::thread::spawn(move || acquire(&waiter_path, Duration::from_secs(5)).unwrap());
-        std::thread::sleep(Duration::from_millis(50));
+            tokio::spawn(
+                async move { acquire(&waiter_path, Duration::from_secs(5)).await.unwrap() },
+            );
+        tokio::time::sleep(Duration::from_millis(50)).await;
         // ...while the holder removes the file: the waiter must end up holding a lock on the new file.
         first.remove().unwrap();
-        let second = waiter.join().unwrap();
+        let second = waiter.await.unwrap();
         assert!(path.exists());
-        assert!(acquire(&path, Duration::ZERO).is_err());
+        assert!(acquire(&path, Duration::ZERO).await.is_err());
         drop(second);
     }
 }

@@ -302,6 +302,45 @@ fn two_runs_of_the_same_test_at_once_run_it_once() {
 }
 
 #[test]
+fn ctrl_c_ends_a_wait_for_the_same_test_at_once() {
+    let env = Env::new();
+    let started = env.path().join("STARTED");
+    let holder = env.spawn(
+        &["run", "plan.json"],
+        &[
+            ("TR_SLEEP", "20"),
+            ("TR_STARTED", started.to_str().unwrap()),
+        ],
+    );
+    env.wait_for("STARTED");
+    let waiter = env.spawn(&["run", "plan.json"], &[]);
+    std::thread::sleep(Duration::from_millis(1500));
+    let interrupted_at = Instant::now();
+    let kill = Command::new("kill")
+        .args(["-INT", &waiter.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let waited = Run::from(waiter.wait_with_output().unwrap());
+    let took = interrupted_at.elapsed();
+    assert_eq!(waited.code, 130, "{}", waited.stderr);
+    assert!(
+        waited.stderr.contains("is running the same test; waiting")
+            && waited.stderr.contains("SIGINT received while waiting"),
+        "{}",
+        waited.stderr
+    );
+    // Long before the holder's test ends (20 s): the wait was not in the way of the signal.
+    assert!(took < Duration::from_secs(5), "took {took:?}");
+    let mut holder = holder;
+    let _ = Command::new("kill")
+        .args(["-TERM", &holder.id().to_string()])
+        .status();
+    let _ = holder.wait();
+    assert_eq!(env.runs(), 1, "the interrupted waiter ran the test too");
+}
+
+#[test]
 fn kill_9_never_leaves_an_entry_that_claims_a_pass() {
     let env = Env::new();
     // A failed entry first, then runs of the same key killed at different points while they run and record.

@@ -100,9 +100,9 @@ impl Cache {
     }
 
     /// Takes the key's lock, waiting up to `wait` for a run that holds it.
-    pub fn lock_key(&self, key: &str, wait: Duration) -> Result<LockGuard, LockError> {
+    pub async fn lock_key(&self, key: &str, wait: Duration) -> Result<LockGuard, LockError> {
         self.ensure_locks_dir(key)?;
-        lock::acquire(&self.lock_path(key), wait)
+        lock::acquire(&self.lock_path(key), wait).await
     }
 
     pub fn try_lock_key(&self, key: &str) -> Result<Option<LockGuard>, LockError> {

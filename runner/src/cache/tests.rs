@@ -1,7 +1,6 @@
 //! The cache's behaviour on disk, end to end without a run: entries written, read back, replaced, corrupted.
 
 use std::path::Path;
-use std::time::Duration;
 
 use super::entry::{Entry, EntryOutcome, SubtestEntry, FORMAT};
 use super::layout;
@@ -34,7 +33,7 @@ fn entry(outcome: EntryOutcome) -> Entry {
 
 /// Records `entry` the way a run does: log and output written into the staging dir, then committed.
 fn record(cache: &Cache, entry: &Entry, log: &str) {
-    let lock = cache.lock_key(KEY, Duration::ZERO).unwrap();
+    let lock = cache.try_lock_key(KEY).unwrap().unwrap();
     let staging = Staging::begin(cache, KEY, &lock).unwrap();
     std::fs::write(staging.paths().log(), log).unwrap();
     std::fs::write(staging.paths().junit(), "<testsuites/>").unwrap();
@@ -122,7 +121,7 @@ fn an_uncommitted_staging_dir_is_never_an_entry() {
     let dir = tempfile::tempdir().unwrap();
     let cache = Cache::new(dir.path());
     record(&cache, &entry(EntryOutcome::Failed), "failed run\n");
-    let lock = cache.lock_key(KEY, Duration::ZERO).unwrap();
+    let lock = cache.try_lock_key(KEY).unwrap().unwrap();
     let staging = Staging::begin(&cache, KEY, &lock).unwrap();
     std::fs::write(staging.paths().log(), "half a log").unwrap();
     // A run killed here leaves its staging dir: lookups still see the old, failed entry.
@@ -219,7 +218,7 @@ fn a_locked_entry_is_not_removed_by_gc() {
         max_age: None,
         max_size: 0,
     };
-    let held = cache.lock_key(KEY, Duration::ZERO).unwrap();
+    let held = cache.try_lock_key(KEY).unwrap().unwrap();
     let report = super::gc::collect(&cache, &policy, 0, false).unwrap();
     assert!(report.removed.is_empty());
     assert!(matches!(cache.lookup(KEY), Lookup::Found(_)));

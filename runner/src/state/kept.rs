@@ -143,7 +143,7 @@ enum Decision {
 
 /// Locks, checks and prepares the state dirs of `nodes` for the test `test` under `root`. Nothing is removed
 /// unless every node could be locked and (with `strict`) none changed.
-pub fn prepare(
+pub async fn prepare(
     root: &Path,
     test: &str,
     nodes: &[NodeSpec],
@@ -174,12 +174,12 @@ pub fn prepare(
         }
         std::fs::create_dir_all(&test_dir).map_err(io(name, "create", &test_dir))?;
         let lock_path = test_dir.join(format!("{name}.lock"));
-        let guard = lock::acquire(&lock_path, options.lock_timeout).map_err(|source| {
-            StateError::Locked {
+        let guard = lock::acquire(&lock_path, options.lock_timeout)
+            .await
+            .map_err(|source| StateError::Locked {
                 node: name.clone(),
                 source,
-            }
-        })?;
+            })?;
         locks.push(guard);
 
         let identity = NodeIdentity::of(node.drv.as_deref(), &node.start_script).map_err(io(
@@ -304,15 +304,15 @@ mod tests {
         }
 
         fn prepare(&self, nodes: &[NodeSpec], strict: bool) -> Result<KeptState, StateError> {
-            prepare(
-                &self.root(),
-                "my test",
-                nodes,
-                KeepOptions {
-                    strict,
-                    lock_timeout: Duration::ZERO,
-                },
-            )
+            let options = KeepOptions {
+                strict,
+                lock_timeout: Duration::ZERO,
+            };
+            tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .build()
+                .unwrap()
+                .block_on(prepare(&self.root(), "my test", nodes, options))
         }
     }
 
