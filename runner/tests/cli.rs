@@ -252,9 +252,33 @@ fn a_cached_pass_is_answered_after_its_store_start_script_is_gone() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("machine `machine`: start script"));
 }
 
+/// `testrig ARGS` in `dir` with `input` on its stdin (as typed at a prompt), its own result cache in `dir/cache`.
+fn run_with_input(dir: &Path, args: &[&str], input: &[u8]) -> (Option<i32>, String, String) {
+    use std::io::Write;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_testrig"))
+        .args(args)
+        .current_dir(dir)
+        .env("TESTRIG_CACHE_DIR", dir.join("cache"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn cache_is_empty(dir: &Path) -> bool {
+    std::fs::read_dir(dir.join("cache/entries")).map_or(true, |mut d| d.next().is_none())
+}
+
 #[test]
 fn interactive_mode_gives_a_prompt_with_the_test_globals_and_caches_nothing() {
-    use std::io::Write;
     let dir = tempfile::tempdir().unwrap();
     write_start_script(dir.path(), "run-machine-vm");
     std::fs::write(
@@ -262,44 +286,24 @@ fn interactive_mode_gives_a_prompt_with_the_test_globals_and_caches_nothing() {
         script_plan("raise SystemExit(3)\n"),
     )
     .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_testrig"))
-        .args(["run", "-I", "plan.json"])
-        .current_dir(dir.path())
-        .env("TESTRIG_CACHE_DIR", dir.path().join("cache"))
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
     // The script is not run unless asked; an exception at the prompt does not end the session.
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b"print('name:', machine.name, len(machines))\n1/0\nprint('still here')\n")
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let (code, stdout, stderr) = run_with_input(
+        dir.path(),
+        &["run", "-I", "plan.json"],
+        b"print('name:', machine.name, len(machines))\n1/0\nprint('still here')\n",
+    );
+    assert_eq!(code, Some(0), "{stderr}");
     assert!(
         stdout.contains("name: machine 1") && stdout.contains("still here"),
         "{stdout}\n{stderr}"
     );
     assert!(stderr.contains("ZeroDivisionError"), "{stderr}");
     assert!(!dir.path().join("STARTED").exists());
-    assert!(
-        !dir.path().join("cache/entries").exists()
-            || std::fs::read_dir(dir.path().join("cache/entries"))
-                .unwrap()
-                .next()
-                .is_none()
-    );
+    assert!(cache_is_empty(dir.path()));
 }
 
 #[test]
 fn debug_on_failure_opens_a_prompt_that_stops_the_global_timeout_and_the_run_still_fails() {
-    use std::io::Write;
     let dir = tempfile::tempdir().unwrap();
     write_start_script(dir.path(), "run-machine-vm");
     let script = serde_json::to_string("print('before')\nraise RuntimeError('boom')\n").unwrap();
@@ -308,28 +312,13 @@ fn debug_on_failure_opens_a_prompt_that_stops_the_global_timeout_and_the_run_sti
         format!(r#"{{"test_script_text": {script}, "global_timeout": 2, "vms": {{{VM}}}}}"#),
     )
     .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_testrig"))
-        .args(["run", "--debug-on-failure", "plan.json"])
-        .current_dir(dir.path())
-        .env("TESTRIG_CACHE_DIR", dir.path().join("cache"))
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
     // Longer at the prompt than the whole test may take: the prompt's time is not the test's.
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(
-            b"import time; time.sleep(3)\nprint('exc is', repr(exc), machine.name)\npm()\nq\n",
-        )
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
+    let (code, stdout, stderr) = run_with_input(
+        dir.path(),
+        &["run", "--debug-on-failure", "plan.json"],
+        b"import time; time.sleep(3)\nprint('exc is', repr(exc), machine.name)\npm()\nq\n",
+    );
+    assert_eq!(code, Some(1), "{stdout}\n{stderr}");
     assert!(
         stdout.contains("before") && stdout.contains("exc is RuntimeError('boom') machine"),
         "{stdout}\n{stderr}"
@@ -345,13 +334,7 @@ fn debug_on_failure_opens_a_prompt_that_stops_the_global_timeout_and_the_run_sti
         "{stderr}"
     );
     assert!(!stderr.contains("global timeout of"), "{stderr}");
-    assert!(
-        !dir.path().join("cache/entries").exists()
-            || std::fs::read_dir(dir.path().join("cache/entries"))
-                .unwrap()
-                .next()
-                .is_none()
-    );
+    assert!(cache_is_empty(dir.path()));
 }
 
 #[test]
