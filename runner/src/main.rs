@@ -13,6 +13,7 @@ mod nix_eval;
 mod plan_command;
 mod plan_load;
 mod process;
+mod realise;
 mod report;
 mod run_command;
 mod schedule;

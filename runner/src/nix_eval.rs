@@ -6,7 +6,6 @@
 //! (`plan_from_facts`), so a plan never depends on which one made it. Nothing here assumes a particular Nix
 //! installation: `nix` comes from `TESTRIG_NIX` or `PATH`.
 
-use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Instant;
@@ -249,97 +248,6 @@ impl Evaluator {
         Ok(evaluated)
     }
 
-    /// Builds what the tests need that is not in the store yet, showing Nix's progress: the derivations of missing
-    /// start scripts, and the outputs the test scripts name (`test_script_inputs`) when one of the store paths a
-    /// script mentions is missing.
-    pub async fn realise(&self, plans: &[&LoadedPlan]) -> Result<(), NixError> {
-        // (installable, what it is for the log)
-        let mut wanted: Vec<(String, String)> = Vec::new();
-        let mut want = |installable: &str, what: &str| {
-            if !wanted.iter().any(|(i, _)| i == installable) {
-                wanted.push((installable.to_owned(), what.to_owned()));
-            }
-        };
-        let mut missing_without_drv = Vec::new();
-        for loaded in plans {
-            for vm in loaded.plan.vms.values() {
-                if Path::new(&vm.start_script).exists() {
-                    continue;
-                }
-                match &vm.drv {
-                    Some(drv) => want(&format!("{drv}^out"), &vm.name),
-                    None => missing_without_drv.push(vm.start_script.clone()),
-                }
-            }
-            let inputs = &loaded.plan.test_script_inputs;
-            if !inputs.is_empty() && missing_store_paths(&loaded.test_script_text, inputs) {
-                for input in inputs {
-                    want(input, &format!("{}'s script", loaded.name));
-                }
-            }
-        }
-        if !missing_without_drv.is_empty() {
-            tracing::warn!(
-                "no derivation is known for {}; trying to run without building it",
-                missing_without_drv.join(", ")
-            );
-        }
-        if wanted.is_empty() {
-            tracing::debug!("everything the tests need is in the store already");
-            return Ok(());
-        }
-        let scripts = wanted
-            .iter()
-            .filter(|(_, what)| !what.ends_with("'s script"))
-            .count();
-        let inputs = wanted.len() - scripts;
-        let mut counted = Vec::new();
-        if scripts > 0 {
-            counted.push(format!(
-                "{scripts} start script{}",
-                if scripts == 1 { "" } else { "s" }
-            ));
-        }
-        if inputs > 0 {
-            counted.push(format!(
-                "{inputs} test script input{}",
-                if inputs == 1 { "" } else { "s" }
-            ));
-        }
-        let mut whats: Vec<&str> = wanted.iter().map(|(_, what)| what.as_str()).collect();
-        whats.dedup();
-        tracing::info!(
-            "building {} ({}) with nix build",
-            counted.join(" and "),
-            whats.join(", ")
-        );
-        let started = Instant::now();
-        let mut argv = common_options();
-        argv.extend(["build".into(), "--no-link".into()]);
-        argv.extend(wanted.iter().map(|(installable, _)| installable.clone()));
-        let mut command = Command::new(&self.nix);
-        command
-            .args(&argv)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit());
-        let what = command_line(&self.nix, &argv[..argv.len().min(6)]);
-        let mut child =
-            GroupChild::spawn(&mut command, what.clone()).map_err(|e| spawn_error(&self.nix, e))?;
-        let status = child.wait().await.map_err(|e| NixError::Spawn {
-            command: what.clone(),
-            message: e.to_string(),
-        })?;
-        if !status.success() {
-            return Err(NixError::Build {
-                command: what,
-                message: format!("nix build exited with {status} (its messages are above)"),
-            });
-        }
-        tracing::info!("built them in {:.1} s", started.elapsed().as_secs_f64());
-        Ok(())
-    }
-
     fn eval_argv(&self, reference: &TestRef) -> Vec<String> {
         let mut argv = Vec::new();
         if let Extractor::Plugin(path) = &self.extractor {
@@ -476,39 +384,14 @@ pub async fn load_nix_plans(
             loaded.len()
         );
     }
-    evaluator
-        .realise(&to_build)
+    crate::realise::realise(&evaluator.nix, &to_build)
         .await
         .map_err(|e| BadInput(e.to_string()))?;
     Ok(loaded)
 }
 
-/// Whether a store path that `script` mentions, in the store of the derivations in `inputs`, is missing. The
-/// outputs of `inputs` are among those paths, so when none is missing there is nothing to build (and no `nix`
-/// call to pay for).
-fn missing_store_paths(script: &str, inputs: &[String]) -> bool {
-    let store_dirs: BTreeSet<&str> = inputs
-        .iter()
-        .filter_map(|input| Path::new(input.split('^').next()?).parent()?.to_str())
-        .collect();
-    store_dirs.iter().any(|dir| {
-        let prefix = format!("{dir}/");
-        script.match_indices(&prefix).any(|(at, _)| {
-            let rest = &script[at + prefix.len()..];
-            // A store path's base name: nix-base32 hash, `-`, then name characters.
-            let name_len = rest
-                .find(|c: char| !(c.is_ascii_alphanumeric() || "+-._?=".contains(c)))
-                .unwrap_or(rest.len());
-            let name = &rest[..name_len];
-            name.len() > 33
-                && name.as_bytes()[32] == b'-'
-                && !Path::new(&prefix).join(name).exists()
-        })
-    })
-}
-
 /// Options every `nix` call gets: the new CLI and flakes, whatever the user's nix.conf says.
-fn common_options() -> Vec<String> {
+pub(crate) fn common_options() -> Vec<String> {
     vec![
         "--extra-experimental-features".into(),
         "nix-command flakes".into(),
@@ -525,7 +408,7 @@ fn nix_string(s: &str) -> String {
 }
 
 /// `TESTRIG_NIX`, else `nix` on `PATH`.
-fn find_nix() -> Result<PathBuf, NixError> {
+pub(crate) fn find_nix() -> Result<PathBuf, NixError> {
     if let Some(nix) = std::env::var_os("TESTRIG_NIX").filter(|v| !v.is_empty()) {
         let nix = PathBuf::from(nix);
         if !nix.is_file() {
@@ -650,7 +533,7 @@ async fn run_captured(program: &Path, argv: &[String]) -> Result<Captured, NixEr
     })
 }
 
-fn spawn_error(program: &Path, e: std::io::Error) -> NixError {
+pub(crate) fn spawn_error(program: &Path, e: std::io::Error) -> NixError {
     if e.kind() == std::io::ErrorKind::NotFound {
         NixError::NixNotFound(format!("{}: {e}", program.display()))
     } else {
@@ -662,7 +545,7 @@ fn spawn_error(program: &Path, e: std::io::Error) -> NixError {
 }
 
 /// A command line for messages (arguments with spaces quoted; the long `--apply` text shortened).
-fn command_line(program: &Path, argv: &[String]) -> String {
+pub(crate) fn command_line(program: &Path, argv: &[String]) -> String {
     let mut line = program.display().to_string();
     for arg in argv {
         line.push(' ');
@@ -680,31 +563,6 @@ fn command_line(program: &Path, argv: &[String]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_test_script_input_is_built_only_when_a_path_it_names_is_missing() {
-        let store = tempfile::tempdir().unwrap();
-        let dir = store.path().display();
-        let present = format!("{dir}/{}-hello-2.12", "a".repeat(32));
-        std::fs::write(&present, "").unwrap();
-        let absent = format!("{dir}/{}-greeting", "b".repeat(32));
-        let inputs = [format!("{dir}/{}-hello.drv^out", "c".repeat(32))];
-
-        let script = |paths: &[&str]| {
-            paths
-                .iter()
-                .map(|p| format!("machine.succeed(\"{p}/bin/hello\")\n"))
-                .collect::<String>()
-        };
-        assert!(!missing_store_paths(&script(&[&present]), &inputs));
-        assert!(missing_store_paths(&script(&[&present, &absent]), &inputs));
-        // Not store paths: too short a name, or another directory.
-        assert!(!missing_store_paths(&format!("open('{dir}/abc')"), &inputs));
-        assert!(!missing_store_paths(
-            &script(&["/elsewhere/bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb-x"]),
-            &inputs
-        ));
-    }
 
     #[test]
     fn tells_nix_references_from_plan_files() {

@@ -13,6 +13,7 @@ use crate::log;
 use crate::machine::Timeouts;
 use crate::nix_eval;
 use crate::plan_load::{load_plan_file, plan_from_flags, BadInput, LoadedPlan};
+use crate::realise;
 use crate::schedule;
 
 pub const EXIT_BAD_INPUT: u8 = 2;
@@ -118,6 +119,7 @@ async fn load_plans(args: &RunArgs, cache: Option<&Cache>) -> Result<Vec<LoadedP
             "-A names an attribute of a FILE.nix, but no .nix file is given".into(),
         ));
     }
+    let mut from_files = Vec::new();
     for file in files {
         let text = file.to_string_lossy();
         let loaded = if nix_refs.iter().any(|r| *r == text) {
@@ -125,6 +127,7 @@ async fn load_plans(args: &RunArgs, cache: Option<&Cache>) -> Result<Vec<LoadedP
             nix_eval::load_nix_plans(&args.nix, &text, args.test_script.as_deref(), &answered)
                 .await?
         } else {
+            from_files.push(plans.len());
             vec![load_plan_file(&file, args.test_script.as_deref())?]
         };
         for mut plan in loaded {
@@ -134,6 +137,16 @@ async fn load_plans(args: &RunArgs, cache: Option<&Cache>) -> Result<Vec<LoadedP
             plans.push(plan);
         }
     }
+    // A plan file made by the builtin or `testrig plan` names start scripts nothing has built yet (Nix references
+    // are built as they are evaluated). What the cache will answer needs nothing.
+    let to_build: Vec<&LoadedPlan> = from_files
+        .iter()
+        .map(|&i| &plans[i])
+        .filter(|plan| !answered_from_cache(args, cache, plan))
+        .collect();
+    realise::realise_plan_files(&to_build)
+        .await
+        .map_err(|e| BadInput(e.to_string()))?;
     Ok(plans)
 }
 

@@ -51,6 +51,38 @@ fn assert_bad_input(plan: &str, expected: &str) {
 const VM: &str = r#""machine": {"name": "machine", "start_script": "run-machine-vm"}"#;
 
 #[test]
+fn a_plan_file_whose_start_script_must_be_built_without_a_nix_names_both() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let plan = serde_json::json!({
+        "schema": "testrig-plan/1",
+        "name": "login",
+        "test_script_text": "start_all()",
+        "vms": {"server": {
+            "name": "server",
+            "start_script": format!("{}/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-nixos-vm/bin/run-server-vm", store.display()),
+            "drv": format!("{}/bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb-nixos-vm.drv", store.display()),
+        }},
+    });
+    std::fs::write(dir.path().join("plan.json"), plan.to_string()).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_testrig"))
+        .args(["run", "plan.json"])
+        .current_dir(dir.path())
+        .env("TESTRIG_CACHE_DIR", dir.path().join("cache"))
+        .env("TESTRIG_NIX", dir.path().join("no-nix-here"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains(
+            "1 start script (server) must be built from their derivations, but no nix was found"
+        ) && stderr.contains("no-nix-here"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn malformed_plans_exit_2_naming_the_problem() {
     assert_bad_input(
         r#"{"schema": "testrig-plan/1", "test_script_text": "pass"}"#,
