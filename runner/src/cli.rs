@@ -58,6 +58,28 @@ pub struct RunArgs {
     #[arg(long = "start-scripts", num_args = 1.., value_name = "PATH", env = "startScripts", value_delimiter = ' ')]
     pub start_scripts: Vec<PathBuf>,
 
+    /// Machine names, in the order of `--vm-start-scripts` (the driver of 2025 to early 2026).
+    #[arg(long = "vm-names", num_args = 0.., value_name = "NAME", env = "vmNames", value_delimiter = ' ')]
+    pub vm_names: Vec<String>,
+
+    /// Start scripts, one per name of `--vm-names` (the driver of 2025 to early 2026).
+    #[arg(long = "vm-start-scripts", num_args = 0.., value_name = "PATH", env = "vmStartScripts", value_delimiter = ' ')]
+    pub vm_start_scripts: Vec<PathBuf>,
+
+    /// systemd-nspawn container names (the driver of 2025 to early 2026): not supported yet, refused when given.
+    #[arg(long = "container-names", num_args = 0.., value_name = "NAME", env = "containerNames", value_delimiter = ' ')]
+    pub container_names: Vec<String>,
+
+    /// systemd-nspawn container start scripts: not supported yet, refused when given.
+    #[arg(
+        long = "container-start-scripts",
+        num_args = 0..,
+        value_name = "PATH",
+        env = "containerStartScripts",
+        value_delimiter = ' '
+    )]
+    pub container_start_scripts: Vec<PathBuf>,
+
     /// Vlans to create (with `--start-scripts`).
     #[arg(long = "vlans", num_args = 1.., value_name = "N", env = "vlans", value_delimiter = ' ')]
     pub vlans: Vec<u32>,
@@ -129,6 +151,11 @@ pub struct RunArgs {
 
     #[arg(long = "log-format", value_enum, default_value = "human")]
     pub log_format: LogFormat,
+
+    /// Accepted for compatibility with nixpkgs' driver of 2025 (the ssh backdoor's vsock offset); ignored, with a
+    /// warning: the ssh backdoor is not supported.
+    #[arg(long = "dump-vsocks", value_name = "OFFSET", hide = true)]
+    pub dump_vsocks: Option<u32>,
 
     /// Accepted for compatibility with nixpkgs' driver (which sets its own log level); use -v/-q.
     #[arg(long = "log-level", value_name = "LEVEL", hide = true)]

@@ -65,15 +65,14 @@ pub fn load_plan_file(
 
 /// The pre-26.05 driver's flags: `--start-scripts`, `--vlans`, `--global-timeout` and a test script path.
 pub fn plan_from_flags(
-    start_scripts: &[PathBuf],
+    machines: &[(String, PathBuf)],
     vlans: &[u32],
     global_timeout: Option<u64>,
     test_script: &Path,
 ) -> Result<LoadedPlan, BadInput> {
     let mut vms = serde_json::Map::new();
-    for script in start_scripts {
-        let name = machine_name_from_start_script(script);
-        if vms.contains_key(&name) {
+    for (name, script) in machines {
+        if vms.contains_key(name) {
             return Err(bad(format!("two start scripts are for machine `{name}`")));
         }
         vms.insert(
@@ -111,6 +110,39 @@ pub fn load_evaluated_plan(
         fallback_name,
         test_script_override,
     )
+}
+
+/// The machines of the old driver's flags: `--start-scripts` (names from the scripts' file names, up to nixpkgs
+/// 25.11) or `--vm-names` with `--vm-start-scripts` (2025 to early 2026).
+pub fn machines_from_flags(
+    start_scripts: &[PathBuf],
+    vm_names: &[String],
+    vm_start_scripts: &[PathBuf],
+) -> Result<Vec<(String, PathBuf)>, BadInput> {
+    if !vm_start_scripts.is_empty() || !vm_names.is_empty() {
+        if !start_scripts.is_empty() {
+            return Err(bad(
+                "give --start-scripts or --vm-names with --vm-start-scripts, not both",
+            ));
+        }
+        if vm_names.len() != vm_start_scripts.len() {
+            return Err(bad(format!(
+                "the number of vm names and vm start scripts must be the same: {} names ({}) and {} start scripts",
+                vm_names.len(),
+                vm_names.join(" "),
+                vm_start_scripts.len()
+            )));
+        }
+        return Ok(vm_names
+            .iter()
+            .cloned()
+            .zip(vm_start_scripts.iter().cloned())
+            .collect());
+    }
+    Ok(start_scripts
+        .iter()
+        .map(|script| (machine_name_from_start_script(script), script.clone()))
+        .collect())
 }
 
 /// nixpkgs' rule: `run-(.+)-vm$`, else `machine`.

@@ -12,7 +12,9 @@ use crate::driver::{run_test, Outcome, RunOptions, RunResult};
 use crate::log;
 use crate::machine::Timeouts;
 use crate::nix_eval;
-use crate::plan_load::{load_plan_file, plan_from_flags, BadInput, LoadedPlan};
+use crate::plan_load::{
+    load_plan_file, machines_from_flags, plan_from_flags, BadInput, LoadedPlan,
+};
 use crate::realise;
 use crate::schedule;
 
@@ -80,17 +82,28 @@ fn answered_from_cache(args: &RunArgs, cache: Option<&Cache>, plan: &LoadedPlan)
 
 async fn load_plans(args: &RunArgs, cache: Option<&Cache>) -> Result<Vec<LoadedPlan>, BadInput> {
     let mut plans = Vec::new();
-    if !args.start_scripts.is_empty() {
+    if !args.container_names.is_empty() || !args.container_start_scripts.is_empty() {
+        return Err(BadInput(format!(
+            "systemd-nspawn containers are not supported yet ({})",
+            args.container_names.join(", ")
+        )));
+    }
+    if args.dump_vsocks.is_some() {
+        tracing::warn!("--dump-vsocks: the ssh backdoor is not supported; ignored");
+    }
+    let machines =
+        machines_from_flags(&args.start_scripts, &args.vm_names, &args.vm_start_scripts)?;
+    if !machines.is_empty() {
         let script = match (&args.test_script, args.plans.as_slice()) {
             (Some(script), []) => script.clone(),
             (None, [script]) => script.clone(),
             _ => return Err(BadInput(
-                "with --start-scripts, give exactly one test script (positional or --test-script)"
+                "with start scripts given as flags, give exactly one test script (positional or --test-script)"
                     .into(),
             )),
         };
         plans.push(plan_from_flags(
-            &args.start_scripts,
+            &machines,
             &args.vlans,
             args.global_timeout,
             &script,

@@ -210,6 +210,89 @@ fn driver_configuration_with_legacy_flags() {
 }
 
 #[test]
+fn driver_flags_of_2025_name_the_machines() {
+    // --vm-names with --vm-start-scripts (or the wrapper's env vars): the names need not match the file names.
+    let dir = tempfile::tempdir().unwrap();
+    write_start_script(dir.path(), "start-a");
+    write_start_script(dir.path(), "start-b");
+    std::fs::write(
+        dir.path().join("script.py"),
+        "t.assertEqual(sorted(m.name for m in machines), ['client', 'server'])\nt.assertEqual(server.name, 'server')\n",
+    )
+    .unwrap();
+    let flags = [
+        "script.py",
+        "--vm-names",
+        "server",
+        "client",
+        "--vm-start-scripts",
+        "start-a",
+        "start-b",
+    ];
+    let out = testrig(dir.path(), &flags);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let out = Command::new(env!("CARGO_BIN_EXE_testrig"))
+        .current_dir(dir.path())
+        .env("TESTRIG_CACHE_DIR", dir.path().join("cache"))
+        .env("vmNames", "server client")
+        .env("vmStartScripts", "start-a start-b")
+        .env("testScript", "script.py")
+        .args(["--rerun"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let out = testrig(
+        dir.path(),
+        &[
+            "script.py",
+            "--vm-names",
+            "server",
+            "--vm-start-scripts",
+            "start-a",
+            "start-b",
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("the number of vm names and vm start scripts must be the same"),
+        "{stderr}"
+    );
+
+    let out = testrig(
+        dir.path(),
+        &[
+            "script.py",
+            "--vm-names",
+            "server",
+            "--vm-start-scripts",
+            "start-a",
+            "--container-names",
+            "box",
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("systemd-nspawn containers are not supported yet (box)"),
+        "{stderr}"
+    );
+    assert!(!dir.path().join("STARTED").exists());
+}
+
+#[test]
 fn what_the_script_prints_reaches_stdout_and_the_cached_log() {
     let dir = tempfile::tempdir().unwrap();
     write_start_script(dir.path(), "run-machine-vm");
