@@ -857,6 +857,14 @@ class Driver:
                "pm() opens the post-mortem debugger, <machine>.succeed(...) runs a command. Ctrl-D ends the run, "
                "which fails.", symbols)
 
+    def ignore_breakpoint(self, *args: Any, **kwargs: Any) -> None:
+        """`breakpoint()` where Python has no terminal (stdin is /dev/null, as in a Nix build): pdb would end the
+        test with BdbQuit, so the call is skipped with a note of where it is and how to stop there."""
+        caller = sys._getframe(1)
+        where = f"{caller.f_code.co_filename}:{caller.f_lineno}"
+        self.logger.warning(f"breakpoint() at {where} skipped: Python has no terminal in this run "
+                            "(testrig run --debug-on-failure or -I stops there)")
+
     def _report_success(self) -> int:
         self.client.call("result", {"ok": True})
         return 0
@@ -958,6 +966,8 @@ def main() -> int:
     client = RpcClient(socket_path)
     client.connect()
     driver = Driver(client, session.machines, session.vlans, script, session.test_script_name, session.out_dir)
+    if not (session.interactive or session.debug_on_failure):
+        sys.breakpointhook = driver.ignore_breakpoint
     try:
         return driver.interact() if session.interactive else driver.run(session.debug_on_failure)
     finally:

@@ -453,6 +453,37 @@ fn debug_on_failure_opens_a_prompt_that_stops_the_global_timeout_and_the_run_sti
 }
 
 #[test]
+fn breakpoint_stops_where_python_has_the_terminal_and_is_skipped_elsewhere() {
+    let dir = tempfile::tempdir().unwrap();
+    write_start_script(dir.path(), "run-machine-vm");
+    std::fs::write(
+        dir.path().join("plan.json"),
+        script_plan("x = 41 + 1\nbreakpoint()\nprint('after', x)\n"),
+    )
+    .unwrap();
+    // --debug-on-failure gives Python the terminal: pdb stops at the line after breakpoint().
+    let (code, stdout, stderr) = run_with_input(
+        dir.path(),
+        &["run", "--debug-on-failure", "plan.json"],
+        b"p x * 10\nc\n",
+    );
+    assert_eq!(code, Some(0), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("(Pdb) 420") && stdout.contains("after 42"),
+        "{stdout}"
+    );
+
+    // A run without a terminal (as in a Nix build) goes on, saying where the breakpoint was.
+    let (code, stdout, stderr) = run_with_input(dir.path(), &["run", "--rerun", "plan.json"], b"");
+    assert_eq!(code, Some(0), "{stdout}\n{stderr}");
+    assert!(stdout.contains("after 42"), "{stdout}");
+    assert!(
+        stderr.contains("breakpoint() at testScript:2 skipped"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn the_cache_is_trimmed_to_its_size_cap_after_each_run() {
     let dir = tempfile::tempdir().unwrap();
     write_start_script(dir.path(), "run-machine-vm");
