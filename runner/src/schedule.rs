@@ -11,8 +11,10 @@ use crate::plan_load::LoadedPlan;
 
 /// nixpkgs' `virtualisation.memorySize` default, for plans that do not say.
 const DEFAULT_VM_MEMORY_MB: u64 = 1024;
-/// What QEMU itself takes beside the guest's memory (measured: about 60 MiB of code cache and devices, more
-/// under TCG).
+/// What QEMU itself takes beside the guest's memory. Measured under TCG (tests/bench/RESULTS.md,
+/// `qemu_rss_mib_1_node`): 307 MiB resident for a -m 256 guest that had touched about 80 MiB, 332 MiB for -m 1024
+/// with about 170 MiB touched, so 165 to 225 MiB of translation cache and devices; under KVM it is less. Guest
+/// memory is counted whole though rarely all touched, so the budget errs on the safe side.
 const QEMU_OVERHEAD_MB: u64 = 200;
 /// The share of the available memory tests may plan to use.
 const MEMORY_SHARE_PERCENT: u64 = 80;
