@@ -431,3 +431,62 @@ fn two_one_node_tests_boot_side_by_side() {
     assert_eq!(boots_before_end, 2, "the tests did not overlap:\n{log}");
     eprintln!("two one-node tests side by side: {took:?}");
 }
+
+#[test]
+#[ignore = "boots VMs: run by tests/run-all"]
+fn a_nixos_style_start_script_gets_tcg_where_kvm_does_not_really_work() {
+    // NixOS start scripts leave the accelerator to QEMU (`-machine type=q35,accel=kvm:tcg`), which takes any
+    // /dev/kvm that opens. This one is that, without a guest (QEMU sits in the firmware): the monitor answers as
+    // soon as QEMU has connected, and says which accelerator QEMU picked.
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let start = dir.path().join("run-machine-vm");
+    std::fs::write(
+        &start,
+        "#!/bin/sh\nexec qemu-system-x86_64 -machine type=q35,accel=kvm:tcg -cpu max -m 64 -display none $QEMU_OPTS \"$@\"\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&start, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let kvm_works = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_ok()
+        && std::fs::read_to_string("/proc/cpuinfo")
+            .unwrap()
+            .split_whitespace()
+            .any(|flag| flag == "vmx" || flag == "svm");
+    let expected = if kvm_works { "enabled" } else { "disabled" };
+    std::fs::write(
+        dir.path().join("test.py"),
+        format!(
+            "machine.start()\nanswer = machine.send_monitor_command('info kvm')\nprint('MONITOR', answer)\n\
+             assert 'kvm support: {expected}' in answer, answer\n"
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("plan.json"),
+        r#"{"schema": "testrig-plan/1", "name": "accel", "test_script": "test.py", "global_timeout": 60,
+            "vms": {"machine": {"name": "machine", "start_script": "run-machine-vm"}}}"#,
+    )
+    .unwrap();
+    let plan = dir.path().join("plan.json");
+    let out = run_in(dir.path(), &["run", "--no-cache", plan.to_str().unwrap()]);
+    let log = format!("{}{}", String::from_utf8_lossy(&out.stdout), stderr(&out));
+    assert_eq!(out.status.code(), Some(0), "{log}");
+    assert!(log.contains(&format!("kvm support: {expected}")), "{log}");
+
+    // TESTRIG_ACCEL=tcg forces TCG whatever the host has.
+    let out = testrig_command(&["run", "--no-cache", plan.to_str().unwrap()], dir.path())
+        .env("TESTRIG_ACCEL", "tcg")
+        .output()
+        .unwrap();
+    let log = format!("{}{}", String::from_utf8_lossy(&out.stdout), stderr(&out));
+    if kvm_works {
+        assert_eq!(out.status.code(), Some(1), "{log}");
+        assert!(log.contains("kvm support: disabled"), "{log}");
+    } else {
+        assert_eq!(out.status.code(), Some(0), "{log}");
+    }
+}

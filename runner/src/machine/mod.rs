@@ -1,5 +1,6 @@
 //! A QEMU machine of a test, driven through NixOS's guest protocol.
 
+mod accel;
 mod console;
 mod error;
 mod handle;

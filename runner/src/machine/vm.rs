@@ -14,6 +14,7 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::process::Command;
 use tokio::sync::{oneshot, watch, Mutex};
 
+use super::accel;
 use super::console::Console;
 use super::monitor::Monitor;
 use super::qmp::Qmp;
@@ -189,7 +190,8 @@ async fn wait_exit(mut exited: watch::Receiver<Option<ExitStatus>>) -> ExitStatu
     }
 }
 
-/// The arguments nixpkgs' driver appends to every start script.
+/// The arguments nixpkgs' driver appends to every start script, and `-machine accel=tcg` where KVM does not really
+/// work (see `accel`).
 fn driver_arguments(state_dir: &Path, allow_reboot: bool) -> Vec<String> {
     let at = |name: &str| state_dir.join(name).display().to_string();
     let mut args = vec![
@@ -214,6 +216,8 @@ fn driver_arguments(state_dir: &Path, allow_reboot: bool) -> Vec<String> {
     if std::env::var_os("DISPLAY").is_none() {
         args.push("-nographic".into());
     }
+    // Last, so that it wins over the script's own `-machine accel=kvm:tcg`.
+    args.extend(accel::start_script_args(accel::host_accel()));
     args
 }
 
