@@ -60,6 +60,8 @@ pub struct RunResult {
 /// Runs the test; returns its outcome once every machine, switch and Python process is gone.
 pub async fn run_test(plan: &LoadedPlan, options: &RunOptions) -> Result<RunResult> {
     let started = Instant::now();
+    // Decided (and, for TCG, said) once per run, before the test's log sections open.
+    crate::machine::host_accel();
     let run_dir = tempfile::Builder::new()
         .prefix("testrig-")
         .tempdir_in(runtime_dir())
