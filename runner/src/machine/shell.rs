@@ -92,7 +92,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Shell<R, W> {
             Framing::OneRoundTrip => {
                 self.send(&output_and_status_line(command, guest_timeout_secs))
                     .await?;
-                self.read_output().await?
+                self.read_wrapped_output().await?
             }
             Framing::TwoRoundTrips => {
                 self.send(&output_line(command, guest_timeout_secs)).await?;
@@ -126,6 +126,35 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Shell<R, W> {
             .map_err(|e| protocol_error(format!("output is not base64 ({e}): {encoded:.80}")))
     }
 
+    /// Reads the output of `output_and_status_line`: base64 in lines of [`WRAP`] characters, ended by an empty
+    /// line. QEMU's virtio console drops what its host side cannot take at once (hw/char/virtio-console.c), and a
+    /// base64 line with bytes missing can still decode; the fixed line length makes such a loss an error instead
+    /// of wrong output, unless exactly a multiple of 77 bytes went, or a multiple of 4 characters of the last line.
+    async fn read_wrapped_output(&mut self) -> io::Result<Vec<u8>> {
+        let mut encoded = String::new();
+        let mut short_line: Option<(usize, usize)> = None;
+        for number in 1.. {
+            let line = self.read_reply_line().await?;
+            if line.is_empty() {
+                break;
+            }
+            if let Some((at, len)) = short_line {
+                return Err(damaged(at, len));
+            }
+            if line.len() != WRAP {
+                if line.len() > WRAP || line.len() % 4 != 0 {
+                    return Err(damaged(number, line.len()));
+                }
+                // Only the last line may be shorter.
+                short_line = Some((number, line.len()));
+            }
+            encoded.push_str(&line);
+        }
+        base64::engine::general_purpose::STANDARD
+            .decode(&encoded)
+            .map_err(|e| protocol_error(format!("output is not base64 ({e}): {encoded:.80}")))
+    }
+
     /// Sends one line to the guest's bash; nothing is read (`poweroff` gets no reply).
     pub async fn send(&mut self, line: &str) -> io::Result<()> {
         self.writer
@@ -147,6 +176,16 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Shell<R, W> {
             .trim_end_matches(['\n', '\r'])
             .to_owned())
     }
+}
+
+/// The width of testrig's base64 lines (`base64 -w 76`).
+const WRAP: usize = 76;
+
+fn damaged(line: usize, len: usize) -> io::Error {
+    protocol_error(format!(
+        "the command's output arrived damaged (line {line} of its base64 has {len} characters, not {WRAP}): QEMU's \
+         virtio console dropped data because the host side fell behind; the command's output is not trustworthy"
+    ))
 }
 
 fn protocol_error(message: String) -> io::Error {
@@ -173,12 +212,13 @@ pub fn output_line(command: &str, guest_timeout_secs: Option<f64>) -> String {
     )
 }
 
-/// testrig's line for one command: the base64 line, then the status line, in one round trip. `printf` is a bash
-/// builtin and `PIPESTATUS` is expanded before it runs, so this costs one process fewer in the guest than
-/// nixpkgs' `(base64 -w 0; echo)` subshell, which matters under TCG, where each process start-up is milliseconds.
+/// testrig's line for one command: the base64 in lines of 76, an empty line, then the status line, in one round
+/// trip. `printf` is a bash builtin and `PIPESTATUS` is expanded before it runs, so this costs one process fewer in
+/// the guest than nixpkgs' `(base64 -w 0; echo)` subshell, which matters under TCG, where each process start-up is
+/// milliseconds. The fixed line width lets the reader notice data the console lost (`read_wrapped_output`).
 fn output_and_status_line(command: &str, guest_timeout_secs: Option<f64>) -> String {
     format!(
-        "{} | base64 -w 0; printf '\\n%s\\n' \"${{PIPESTATUS[0]}}\"",
+        "{} | base64 -w {WRAP}; printf '\\n%s\\n' \"${{PIPESTATUS[0]}}\"",
         guarded_command(command, guest_timeout_secs)
     )
 }
@@ -305,7 +345,76 @@ mod tests {
         );
         assert_eq!(
             output_and_status_line("true", None),
-            r#"bash -c 'set -euo pipefail; true' | base64 -w 0; printf '\n%s\n' "${PIPESTATUS[0]}""#
+            r#"bash -c 'set -euo pipefail; true' | base64 -w 76; printf '\n%s\n' "${PIPESTATUS[0]}""#
         );
+    }
+
+    /// What the shell reads when the guest's reply is `reply`.
+    async fn read_reply(reply: &[u8]) -> io::Result<CommandOutput> {
+        let (mut guest, host) = tokio::io::duplex(1 << 20);
+        guest.write_all(reply).await.unwrap();
+        // The guest says no more (EOF for the shell) but still takes what the shell sends.
+        guest.shutdown().await.unwrap();
+        let (reader, writer) = tokio::io::split(host);
+        let mut shell = Shell::new(reader, writer, Framing::OneRoundTrip);
+        let result = shell.run("true", None).await;
+        drop(guest);
+        result
+    }
+
+    fn wrapped(data: &[u8]) -> Vec<u8> {
+        let encoded = base64::engine::general_purpose::STANDARD.encode(data);
+        let mut out = Vec::new();
+        for chunk in encoded.as_bytes().chunks(WRAP) {
+            out.extend_from_slice(chunk);
+            out.push(b'\n');
+        }
+        out
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn output_the_console_lost_bytes_of_is_an_error_not_wrong_output() {
+        let data: Vec<u8> = (0..10_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        let mut whole = wrapped(&data);
+        let base64_len = whole.len();
+        whole.extend_from_slice(b"\n0\n");
+        assert_eq!(read_reply(&whole).await.unwrap().stdout, data);
+
+        // Drops of every size up to five lines, anywhere but in the last two lines (where a loss of a multiple of
+        // 4 characters can leave a well-formed shorter last line): each is an error, except the length of a whole
+        // number of lines (77 bytes each, wherever it starts), which leaves well-formed base64 behind.
+        let mut noticed = 0;
+        for at in [
+            0,
+            1,
+            5,
+            75,
+            76,
+            77,
+            78,
+            1000,
+            4096,
+            base64_len - 2 * 77 - 400,
+        ] {
+            for len in 1..=400 {
+                let mut cut = whole[..at].to_vec();
+                cut.extend_from_slice(&whole[at + len..]);
+                let whole_lines = len % 77 == 0;
+                match read_reply(&cut).await {
+                    // Mostly "damaged"; a drop that empties a line ends the base64 early, and the status line
+                    // that follows is then not a number.
+                    Err(e) => {
+                        let e = e.to_string();
+                        assert!(
+                            e.contains("damaged") || e.contains("expected an exit status"),
+                            "{e}"
+                        );
+                        noticed += 1;
+                    }
+                    Ok(_) => assert!(whole_lines, "a drop of {len} bytes at {at} went unnoticed"),
+                }
+            }
+        }
+        assert!(noticed > 3900, "{noticed}");
     }
 }
