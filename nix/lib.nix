@@ -14,6 +14,7 @@
 { self }:
 let
   planNix = import ./plan.nix;
+  withPython = import ./python-env.nix;
   testrigFor = pkgs: self.packages.${pkgs.stdenv.hostPlatform.system}.testrig;
 in
 rec {
@@ -45,7 +46,9 @@ rec {
     }:
     test:
     let
-      plan = planNix.one test;
+      # With the Python of the test's extraPythonPackages: the plan file's string context makes the build
+      # depend on it (and on the VMs), so Nix builds it first.
+      plan = withPython test (planNix.one test);
       planFile = pkgs.writeText "testrig-plan-${plan.name}.json" (builtins.toJSON plan);
       inherit (pkgs.stdenv.hostPlatform) isLinux;
     in

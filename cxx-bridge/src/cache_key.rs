@@ -2,8 +2,9 @@
 //!
 //! In: each node's start script (a store path, whose hash is the hash of the VM derivation that built it, so a
 //! change to a node's configuration changes it), the test script's text, vlans, node numbers, the global timeout and
-//! the options that change how the test runs. Out on purpose: the test driver (Python or testrig itself), the
-//! `vm-test-run` derivation (it depends on the driver package), the Python interpreter, and `drv` paths (the
+//! the options that change how the test runs, and the Python of the test's `extraPythonPackages` when it has any.
+//! Out on purpose: the test driver (Python or testrig itself), the `vm-test-run` derivation (it depends on the
+//! driver package), any other Python interpreter, and `drv` paths (the
 //! output path already carries the derivation's hash, and keeping `drv` out lets a driverConfiguration.json and a
 //! plugin-made plan of the same test share results). A start script outside `/nix/store` has no such hash, so the
 //! caller hashes its contents (`local_digest`).
@@ -29,6 +30,11 @@ struct KeyMaterial<'a> {
     extra_driver_args: &'a [String],
     vlans: &'a [u32],
     vms: BTreeMap<&'a str, VmMaterial<'a>>,
+    /// The Python of the test's `extraPythonPackages` (a store path, so it carries the packages' hash): what the
+    /// script imports is the test's, unlike the driver's interpreter. Absent for other tests, whose keys stay
+    /// as they were.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    test_python: Option<&'a str>,
 }
 
 #[derive(Serialize)]
@@ -75,6 +81,7 @@ pub fn cache_key(
         extra_driver_args: &plan.extra_driver_args,
         vlans: &plan.vlans,
         vms,
+        test_python: plan.python_drv.as_ref().and(plan.python.as_deref()),
     };
     let bytes = serde_json::to_vec(&material).expect("key material serialises");
     let digest = Sha256::digest(&bytes);
@@ -104,6 +111,26 @@ mod tests {
 
     fn key(plan: &Plan, script: &str) -> String {
         cache_key(plan, script, &|_| None)
+    }
+
+    #[test]
+    fn the_python_of_extra_python_packages_is_keyed_and_another_interpreter_is_not() {
+        let key = |fields: &str| {
+            let text = format!(
+                r#"{{"test_script_text": "x", {fields} "vms": {{"a": {{"name": "a", "start_script": "/nix/store/a-vm/bin/run-a-vm"}}}}}}"#
+            );
+            let plan = parse_plan(&text).unwrap().plan;
+            cache_key(&plan, "x", &|_| None)
+        };
+        let plain = key("");
+        assert_eq!(plain, key(r#""python": "/usr/bin/python3.12","#));
+        let env = |hash: &str| {
+            format!(
+                r#""python": "/nix/store/{hash}-python3-env/bin/python3", "python_drv": "/nix/store/{hash}-python3-env.drv","#
+            )
+        };
+        assert_ne!(plain, key(&env("aaaa")));
+        assert_ne!(key(&env("aaaa")), key(&env("bbbb")));
     }
 
     #[test]

@@ -64,6 +64,10 @@ pub struct Plan {
     /// The Python interpreter that runs the test script; `python3` from `PATH` when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub python: Option<String>,
+    /// The derivation that builds `python` (the test's `extraPythonPackages`, see nix/python-env.nix), built when
+    /// `python` is missing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub python_drv: Option<String>,
     /// The key computed when the plan was made (informational: the runner computes its own).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cache_key: Option<String>,

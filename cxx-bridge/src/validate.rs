@@ -37,6 +37,20 @@ pub(crate) fn validate_and_normalise(mut plan: Plan) -> Result<Plan, PlanError> 
             return Err(PlanError::field("test_script", "is empty"));
         }
     }
+    if let Some(drv) = &plan.python_drv {
+        if !(drv.starts_with('/') && drv.ends_with(".drv")) {
+            return Err(PlanError::field(
+                "python_drv",
+                format!("is `{drv}`, not a derivation (`/nix/store/…-name.drv`)"),
+            ));
+        }
+        if plan.python.is_none() {
+            return Err(PlanError::field(
+                "python_drv",
+                "is given without `python`, the interpreter it builds",
+            ));
+        }
+    }
     for (i, input) in plan.test_script_inputs.iter().enumerate() {
         check_derivation_output(&format!("test_script_inputs[{i}]"), input)?;
     }
@@ -175,6 +189,26 @@ mod tests {
 
     fn err(text: &str) -> String {
         parse_plan(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn python_drv_is_a_derivation_of_the_python_given() {
+        let plan = |fields: &str| {
+            format!(
+                r#"{{"test_script_text": "x", {fields}
+                     "vms": {{"a": {{"name": "a", "start_script": "/a"}}}}}}"#
+            )
+        };
+        let ok =
+            r#""python": "/nix/store/p-env/bin/python3", "python_drv": "/nix/store/p-env.drv","#;
+        assert!(parse_plan(&plan(ok)).is_ok());
+        let err = parse_plan(&plan(
+            r#""python": "/p", "python_drv": "/nix/store/p-env","#,
+        ))
+        .unwrap_err();
+        assert!(err.to_string().contains("not a derivation"), "{err}");
+        let err = parse_plan(&plan(r#""python_drv": "/nix/store/p-env.drv","#)).unwrap_err();
+        assert!(err.to_string().contains("without `python`"), "{err}");
     }
 
     #[test]

@@ -22,6 +22,9 @@ use crate::process::GroupChild;
 /// The pure-Nix extractor, passed to `nix eval --apply` as text so that it works from any installed location.
 const PLAN_NIX: &str = include_str!("../../nix/plan.nix");
 
+/// Adds the Python of a test's `extraPythonPackages` to its plan, after either extractor.
+const PYTHON_ENV_NIX: &str = include_str!("../../nix/python-env.nix");
+
 /// The plugin's file name, looked for next to the `testrig` binary.
 const PLUGIN_FILE: &str = "libtestrig.so";
 
@@ -298,13 +301,14 @@ impl Evaluator {
     }
 
     fn apply_expression(&self) -> String {
-        match &self.extractor {
+        let extract = match &self.extractor {
             Extractor::Plugin(path) => format!(
-                "v: if builtins ? nixosTestPlan then builtins.nixosTestPlan v else throw \"{NOT_REGISTERED}: the plugin {} loaded but did not register it\"",
+                "if builtins ? nixosTestPlan then builtins.nixosTestPlan v else throw \"{NOT_REGISTERED}: the plugin {} loaded but did not register it\"",
                 path.display()
             ),
-            Extractor::PureNix => format!("v: (\n{PLAN_NIX}\n) {{ test = v; }}"),
-        }
+            Extractor::PureNix => format!("(\n{PLAN_NIX}\n) {{ test = v; }}"),
+        };
+        format!("v: (\n{PYTHON_ENV_NIX}\n) v ({extract})")
     }
 
     fn classify_failure(&self, reference: &TestRef, stderr: &str) -> NixError {

@@ -1,6 +1,6 @@
 //! Building what a test needs before it runs, with `nix build`: the start scripts that are not in the store (from
-//! their derivations, `vms.<n>.drv`), and the derivation outputs the test script names (`test_script_inputs`) when
-//! one of them is missing. Plans made by the builtin or `testrig plan` build nothing, so this is where their VMs
+//! their derivations, `vms.<n>.drv`), the derivation outputs the test script names (`test_script_inputs`) when
+//! one of them is missing, and the Python of the test's `extraPythonPackages` (`python_drv`). Plans made by the builtin or `testrig plan` build nothing, so this is where their VMs
 //! come into being; a plan whose files are all there never calls `nix`.
 
 use std::collections::BTreeSet;
@@ -38,6 +38,15 @@ impl Wanted {
                 match &vm.drv {
                     Some(drv) => add(&mut wanted.start_scripts, format!("{drv}^out"), &vm.name),
                     None => missing_without_drv.push(vm.start_script.clone()),
+                }
+            }
+            if let (Some(python), Some(drv)) = (&loaded.plan.python, &loaded.plan.python_drv) {
+                if !Path::new(python).exists() {
+                    add(
+                        &mut wanted.script_inputs,
+                        format!("{drv}^out"),
+                        &loaded.name,
+                    );
                 }
             }
             let inputs = &loaded.plan.test_script_inputs;
