@@ -27,6 +27,7 @@ rustPlatform.buildRustPackage {
       ../cxx-bridge
       ../runner
       ./plan.nix # embedded in the binary (include_str!) as the fallback extractor
+      ./python-env.nix # embedded too: the Python of a test's extraPythonPackages
     ];
   };
   cargoLock.lockFile = ../Cargo.lock;
