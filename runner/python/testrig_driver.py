@@ -649,7 +649,19 @@ class Machine:
     wait_for_text = _unsupported("wait_for_text")
     wait_for_qmp_event = _unsupported("wait_for_qmp_event")
     switch_root = _unsupported("switch_root")
-    console_interact = _unsupported("console_interact")
+    def console_interact(self) -> None:
+        """Forwards what is typed to the serial console (QEMU's stdin) until Ctrl-D or Ctrl-C, as nixpkgs' does;
+        what the guest writes to the console shows in the log as `<machine> # ...`. For -I sessions."""
+        self.log("Terminal is ready (there is no initial prompt):")
+        while True:
+            try:
+                line = sys.stdin.readline()
+            except KeyboardInterrupt:
+                break
+            if line == "":
+                self.log("Closing connection to the console")
+                break
+            self.send_console(line)
 
 
 BaseMachine = Machine  # nixpkgs exposes BaseMachine to scripts for type annotations

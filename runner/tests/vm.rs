@@ -490,3 +490,40 @@ fn a_nixos_style_start_script_gets_tcg_where_kvm_does_not_really_work() {
         assert_eq!(out.status.code(), Some(0), "{log}");
     }
 }
+
+#[test]
+#[ignore = "boots VMs: run by tests/run-all"]
+fn send_console_and_console_interact_reach_the_serial_console() {
+    // What is typed to console_interact() reaches the guest's ttyS0 (QEMU's stdin, `-serial stdio`), as does
+    // send_console(). --debug-on-failure gives Python the terminal, here a pipe.
+    use std::io::Write;
+    let scratch = tempfile::tempdir().unwrap();
+    let plan = one_machine_plan(
+        scratch.path(),
+        "machine.succeed('stty -F /dev/ttyS0 -echo; (head -c 12 /dev/ttyS0 > /tmp/got) >/dev/null 2>&1 &')\n\
+         machine.console_interact()\n\
+         machine.send_console('world\\n')\n\
+         machine.wait_until_succeeds('test $(wc -c < /tmp/got) = 12', timeout=60)\n\
+         t.assertEqual(machine.succeed('cat /tmp/got'), 'hello\\nworld\\n')\n",
+        9,
+    );
+    let mut child = testrig_command(
+        &[
+            "run",
+            "--debug-on-failure",
+            "--no-cache",
+            plan.to_str().unwrap(),
+        ],
+        scratch.path(),
+    )
+    .stdin(Stdio::piped())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    child.stdin.take().unwrap().write_all(b"hello\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    let log = format!("{}{}", String::from_utf8_lossy(&out.stdout), stderr(&out));
+    assert_eq!(out.status.code(), Some(0), "{log}");
+    assert!(log.contains("Terminal is ready"), "{log}");
+}

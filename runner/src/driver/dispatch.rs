@@ -326,6 +326,10 @@ async fn machine_op(session: &Session, m: &Machine, op: &str, args: &Args<'_>) -
             }
             Ok(Value::Null)
         }
+        "send_console" => m
+            .send_console(args.str("chars")?)
+            .await
+            .map(|_| Value::Null),
         "send_key" => {
             m.monitor_command(&format!("sendkey {}", args.str("key")?))
                 .await?;

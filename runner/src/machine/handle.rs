@@ -262,6 +262,24 @@ impl Machine {
         self.wait_for_exit(&vm, Duration::from_secs(30)).await
     }
 
+    /// Writes `chars` to QEMU's stdin, the input of the serial console (nixpkgs' `send_console`).
+    pub async fn send_console(&self, chars: &str) -> OpResult<()> {
+        use tokio::io::AsyncWriteExt;
+        let vm = self.running().await?;
+        let mut input = vm.serial_input.lock().await;
+        let input = input
+            .as_mut()
+            .ok_or_else(|| self.failure("QEMU's stdin is closed"))?;
+        let write = async {
+            input.write_all(chars.as_bytes()).await?;
+            input.flush().await
+        };
+        tokio::time::timeout(Duration::from_secs(60), write)
+            .await
+            .map_err(|_| self.timeout("QEMU did not read its serial console input within 60 s"))?
+            .map_err(|e| self.failure(format!("writing to the serial console: {e}")))
+    }
+
     pub async fn monitor_command(&self, command: &str) -> OpResult<String> {
         let vm = self.running().await?;
         let mut monitor = vm.monitor.lock().await;

@@ -44,6 +44,8 @@ pub type ShellConn = Shell<OwnedReadHalf, OwnedWriteHalf>;
 /// A machine whose QEMU is running (or has just exited).
 pub struct RunningVm {
     pub shell: Mutex<ShellConn>,
+    /// QEMU's stdin: the serial console's input (`-serial stdio`), for `send_console`.
+    pub serial_input: Mutex<Option<tokio::process::ChildStdin>>,
     pub monitor: Mutex<Monitor<UnixStream>>,
     qmp: Mutex<Option<Qmp>>,
     qmp_path: PathBuf,
@@ -79,7 +81,7 @@ impl RunningVm {
             .env("TMPDIR", &config.state_dir)
             .env("USE_TMPDIR", "1")
             .env("SHARED_DIR", &config.shared_dir)
-            .stdin(Stdio::null())
+            .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         for (vlan, socket) in &config.vde_sockets {
@@ -96,6 +98,7 @@ impl RunningVm {
         tracing::debug!(machine = %config.name, pid, "start script running");
 
         console.reopen();
+        let serial_input = process.child_mut().stdin.take();
         let stdout = process.child_mut().stdout.take().expect("piped");
         let stderr = process.child_mut().stderr.take().expect("piped");
         let readers = [
@@ -130,6 +133,7 @@ impl RunningVm {
         let (read, write) = shell.into_split();
         Ok(RunningVm {
             shell: Mutex::new(Shell::new(read, write, Framing::from_env())),
+            serial_input: Mutex::new(serial_input),
             monitor: Mutex::new(monitor),
             qmp: Mutex::new(None),
             qmp_path,
