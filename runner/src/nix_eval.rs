@@ -611,7 +611,9 @@ mod tests {
             args: NixArgs::default(),
         };
         let apply = evaluator.apply_expression();
-        assert!(apply.starts_with("v: (\n") && apply.ends_with(") { test = v; }"));
+        // The Python of extraPythonPackages added to what plan.nix gives.
+        assert!(apply.starts_with(&format!("v: (\n{PYTHON_ENV_NIX}\n) v (")));
+        assert!(apply.ends_with(&format!("(\n{PLAN_NIX}\n) {{ test = v; }})")));
         let argv = evaluator.eval_argv(&TestRef::File {
             path: "t.nix".into(),
             attr: "x".into(),
