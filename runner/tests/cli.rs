@@ -253,41 +253,27 @@ fn driver_flags_of_2025_name_the_machines() {
         String::from_utf8_lossy(&out.stderr)
     );
 
-    let out = testrig(
-        dir.path(),
-        &[
+    let refused = |extra: &[&str], expected: &str| {
+        let mut args = vec![
             "script.py",
             "--vm-names",
             "server",
             "--vm-start-scripts",
             "start-a",
-            "start-b",
-        ],
+        ];
+        args.extend_from_slice(extra);
+        let out = testrig(dir.path(), &args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        assert!(stderr.contains(expected), "{stderr}");
+    };
+    refused(
+        &["start-b"],
+        "the number of vm names and vm start scripts must be the same",
     );
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{stderr}");
-    assert!(
-        stderr.contains("the number of vm names and vm start scripts must be the same"),
-        "{stderr}"
-    );
-
-    let out = testrig(
-        dir.path(),
-        &[
-            "script.py",
-            "--vm-names",
-            "server",
-            "--vm-start-scripts",
-            "start-a",
-            "--container-names",
-            "box",
-        ],
-    );
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{stderr}");
-    assert!(
-        stderr.contains("systemd-nspawn containers are not supported yet (box)"),
-        "{stderr}"
+    refused(
+        &["--container-names", "box"],
+        "systemd-nspawn containers are not supported yet (box)",
     );
     assert!(!dir.path().join("STARTED").exists());
 }
