@@ -374,19 +374,21 @@ fn run_with_input(dir: &Path, args: &[&str], input: &[u8]) -> (Option<i32>, Stri
     )
 }
 
+/// A scratch dir with `plan.json`, a plan of one machine whose start script must not run, and `script`.
+fn dir_with_plan(script: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    write_start_script(dir.path(), "run-machine-vm");
+    std::fs::write(dir.path().join("plan.json"), script_plan(script)).unwrap();
+    dir
+}
+
 fn cache_is_empty(dir: &Path) -> bool {
     std::fs::read_dir(dir.join("cache/entries")).map_or(true, |mut d| d.next().is_none())
 }
 
 #[test]
 fn interactive_mode_gives_a_prompt_with_the_test_globals_and_caches_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    write_start_script(dir.path(), "run-machine-vm");
-    std::fs::write(
-        dir.path().join("plan.json"),
-        script_plan("raise SystemExit(3)\n"),
-    )
-    .unwrap();
+    let dir = dir_with_plan("raise SystemExit(3)\n");
     // The script is not run unless asked; an exception at the prompt does not end the session.
     let (code, stdout, stderr) = run_with_input(
         dir.path(),
@@ -440,13 +442,7 @@ fn debug_on_failure_opens_a_prompt_that_stops_the_global_timeout_and_the_run_sti
 
 #[test]
 fn breakpoint_stops_where_python_has_the_terminal_and_is_skipped_elsewhere() {
-    let dir = tempfile::tempdir().unwrap();
-    write_start_script(dir.path(), "run-machine-vm");
-    std::fs::write(
-        dir.path().join("plan.json"),
-        script_plan("x = 41 + 1\nbreakpoint()\nprint('after', x)\n"),
-    )
-    .unwrap();
+    let dir = dir_with_plan("x = 41 + 1\nbreakpoint()\nprint('after', x)\n");
     // --debug-on-failure gives Python the terminal: pdb stops at the line after breakpoint().
     let (code, stdout, stderr) = run_with_input(
         dir.path(),
