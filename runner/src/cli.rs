@@ -64,7 +64,7 @@ pub struct RunArgs {
 
     /// Start scripts, one per name of `--vm-names` (the driver of 2025 to early 2026).
     #[arg(long = "vm-start-scripts", num_args = 0.., value_name = "PATH", env = "vmStartScripts", value_delimiter = ' ')]
-    pub vm_start_scripts: Vec<PathBuf>,
+    pub vm_start_scripts: Vec<String>,
 
     /// systemd-nspawn container names (the driver of 2025 to early 2026): not supported yet, refused when given.
     #[arg(long = "container-names", num_args = 0.., value_name = "NAME", env = "containerNames", value_delimiter = ' ')]
@@ -78,7 +78,7 @@ pub struct RunArgs {
         env = "containerStartScripts",
         value_delimiter = ' '
     )]
-    pub container_start_scripts: Vec<PathBuf>,
+    pub container_start_scripts: Vec<String>,
 
     /// Vlans to create (with `--start-scripts`).
     #[arg(long = "vlans", num_args = 1.., value_name = "N", env = "vlans", value_delimiter = ' ')]

@@ -82,10 +82,18 @@ fn answered_from_cache(args: &RunArgs, cache: Option<&Cache>, plan: &LoadedPlan)
 
 async fn load_plans(args: &RunArgs, cache: Option<&Cache>) -> Result<Vec<LoadedPlan>, BadInput> {
     let mut plans = Vec::new();
-    if !args.container_names.is_empty() || !args.container_start_scripts.is_empty() {
+    // An empty environment variable (`containerNames=`) is an empty list, as nixpkgs' `.split()` makes it.
+    let containers: Vec<&str> = args
+        .container_names
+        .iter()
+        .map(String::as_str)
+        .chain(args.container_start_scripts.iter().map(String::as_str))
+        .filter(|s| !s.is_empty())
+        .collect();
+    if !containers.is_empty() {
         return Err(BadInput(format!(
             "systemd-nspawn containers are not supported yet ({})",
-            args.container_names.join(", ")
+            containers.join(", ")
         )));
     }
     if args.dump_vsocks.is_some() {

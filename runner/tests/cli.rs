@@ -242,6 +242,9 @@ fn driver_flags_of_2025_name_the_machines() {
         .env("TESTRIG_CACHE_DIR", dir.path().join("cache"))
         .env("vmNames", "server client")
         .env("vmStartScripts", "start-a start-b")
+        // Empty variables are empty lists, as nixpkgs' `.split()` makes them.
+        .env("containerNames", "")
+        .env("containerStartScripts", "")
         .env("testScript", "script.py")
         .args(["--rerun"])
         .output()
