@@ -112,7 +112,7 @@ async fn load_plans(args: &RunArgs, cache: Option<&Cache>) -> Result<Vec<LoadedP
         };
         plans.push(plan_from_flags(
             &machines,
-            &args.vlans,
+            &args.vlans(),
             args.global_timeout,
             &script,
         )?);

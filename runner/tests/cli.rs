@@ -207,6 +207,23 @@ fn driver_configuration_with_legacy_flags() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+
+    // The old wrapper's environment; `vlans=` (a test without vlans) is no vlan.
+    std::fs::write(dir.path().join("novlan.py"), "t.assertEqual(vlans, [])\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_testrig"))
+        .current_dir(dir.path())
+        .env("TESTRIG_CACHE_DIR", dir.path().join("cache"))
+        .env("startScripts", "run-web-vm")
+        .env("vlans", "")
+        .env("testScript", "novlan.py")
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
