@@ -168,6 +168,7 @@ let
     // copy "global_timeout" [ "globalTimeout" ] config id
     // copy "enable_ssh_backdoor" [ "sshBackdoor" "enable" ] config id
     // copy "enable_ocr" [ "enableOCR" ] config id
+    // copy "force_accel" [ "qemu" "forceAccel" ] config id
     // copy "extra_driver_args" [ "extraDriverArgs" ] config id;
 
   # nixpkgs 26.05: the driver's own configuration, with per-node facts from the nodes' configurations.
@@ -283,6 +284,7 @@ let
     removeAttrs facts [
       "extra_driver_args"
       "containers"
+      "force_accel"
     ]
     // {
       inherit schema vms;
@@ -292,7 +294,8 @@ let
       vlans = sortUnique (builtins.concatMap (vm: vm.vlans) (attrValues vms));
     }
     // (if extra == [ ] then { } else { extra_driver_args = extra; })
-    // (if containers == { } then { } else { inherit containers; });
+    // (if containers == { } then { } else { inherit containers; })
+    // (if facts.force_accel or false then { force_accel = true; } else { });
 
   # The machines are evaluated first, as the plugin does, so that a node that does not evaluate is named as the
   # cause (rather than the test derivation, which depends on every node).

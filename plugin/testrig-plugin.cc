@@ -240,6 +240,7 @@ struct Walker
         copy(facts, "global_timeout", config, "globalTimeout", subject, &Walker::integer);
         copy(facts, "enable_ssh_backdoor", config, "sshBackdoor.enable", subject, &Walker::boolean);
         copy(facts, "enable_ocr", config, "enableOCR", subject, &Walker::boolean);
+        copy(facts, "force_accel", config, "qemu.forceAccel", subject, &Walker::boolean);
         copy(facts, "extra_driver_args", config, "extraDriverArgs", subject, &Walker::strings);
     }
 

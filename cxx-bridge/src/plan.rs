@@ -61,6 +61,10 @@ pub struct Plan {
     pub extra_driver_args: Vec<String>,
     #[serde(default)]
     pub enable_ocr: bool,
+    /// nixpkgs' `qemu.forceAccel` (26.05): the test must not fall back to TCG; it is refused where KVM does not
+    /// really work.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub force_accel: bool,
     /// The Python interpreter that runs the test script; `python3` from `PATH` when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub python: Option<String>,
@@ -91,6 +95,10 @@ pub struct Vm {
     pub memory_mb: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cores: Option<u32>,
+}
+
+fn is_false(b: &bool) -> bool {
+    !b
 }
 
 fn default_global_timeout() -> u64 {

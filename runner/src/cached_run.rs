@@ -69,6 +69,14 @@ async fn run_plan_in_span(
         eprintln!("testrig: {e}");
         return EXIT_BAD_INPUT;
     }
+    if plan.plan.force_accel && crate::machine::host_accel() == crate::machine::Accel::Tcg {
+        eprintln!(
+            "testrig: {}: the test sets qemu.forceAccel (no fallback to TCG), but KVM does not really work here \
+             (no usable /dev/kvm, or a CPU without vmx/svm); TESTRIG_ACCEL=kvm runs it on KVM anyway",
+            plan.name
+        );
+        return EXIT_BAD_INPUT;
+    }
     let kept = match unless_interrupted(keep_state(args, plan)).await {
         Err(interrupted) => return interrupted.exit_code(),
         Ok(Ok(kept)) => kept,
