@@ -22,7 +22,8 @@ pub fn host_accel() -> Accel {
     *DECIDED.get_or_init(|| {
         let forced = std::env::var("TESTRIG_ACCEL").ok().filter(|v| !v.is_empty());
         let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-        let accel = decide(forced.as_deref(), kvm_device_usable(), &cpuinfo);
+        let x86 = matches!(std::env::consts::ARCH, "x86_64" | "x86");
+        let accel = decide(forced.as_deref(), kvm_device_usable(), x86, &cpuinfo);
         match (accel, forced) {
             (_, Some(forced)) => tracing::debug!("accelerator {accel:?}, as TESTRIG_ACCEL={forced} says"),
             (Accel::Kvm, None) => tracing::debug!("KVM works here: VMs run under KVM"),
@@ -43,7 +44,9 @@ pub fn start_script_args(accel: Accel) -> Vec<String> {
     }
 }
 
-fn decide(forced: Option<&str>, device_usable: bool, cpuinfo: &str) -> Accel {
+/// On x86 the CPU must show `vmx` or `svm`: nested virtualisation without them (PVM) offers a `/dev/kvm` that crawls.
+/// Other architectures list no such flag in /proc/cpuinfo (aarch64 has "Features"), so the device decides there.
+fn decide(forced: Option<&str>, device_usable: bool, x86: bool, cpuinfo: &str) -> Accel {
     match forced {
         Some("kvm") => return Accel::Kvm,
         Some("tcg") => return Accel::Tcg,
@@ -57,7 +60,7 @@ fn decide(forced: Option<&str>, device_usable: bool, cpuinfo: &str) -> Accel {
             line.split_whitespace()
                 .any(|flag| flag == "vmx" || flag == "svm")
         });
-    if device_usable && hardware {
+    if device_usable && (hardware || !x86) {
         Accel::Kvm
     } else {
         Accel::Tcg
@@ -81,20 +84,24 @@ mod tests {
 
     #[test]
     fn kvm_only_with_the_device_and_hardware_support() {
-        assert_eq!(decide(None, true, WITH_VMX), Accel::Kvm);
-        assert_eq!(decide(None, true, "flags : svm\n"), Accel::Kvm);
+        assert_eq!(decide(None, true, true, WITH_VMX), Accel::Kvm);
+        assert_eq!(decide(None, true, true, "flags : svm\n"), Accel::Kvm);
         // /dev/kvm without vmx/svm: nested without hardware support (PVM), which crawls.
-        assert_eq!(decide(None, true, WITHOUT), Accel::Tcg);
-        assert_eq!(decide(None, false, WITH_VMX), Accel::Tcg);
+        assert_eq!(decide(None, true, true, WITHOUT), Accel::Tcg);
+        assert_eq!(decide(None, false, true, WITH_VMX), Accel::Tcg);
+        // aarch64: no vmx/svm flags to look for; a usable /dev/kvm is KVM.
+        let aarch64 = "processor : 0\nFeatures : fp asimd evtstrm aes\n";
+        assert_eq!(decide(None, true, false, aarch64), Accel::Kvm);
+        assert_eq!(decide(None, false, false, aarch64), Accel::Tcg);
         // "vmx" must be a flag, not part of another word.
-        assert_eq!(decide(None, true, "flags : vmxfoo\n"), Accel::Tcg);
+        assert_eq!(decide(None, true, true, "flags : vmxfoo\n"), Accel::Tcg);
     }
 
     #[test]
     fn testrig_accel_overrides() {
-        assert_eq!(decide(Some("kvm"), false, WITHOUT), Accel::Kvm);
-        assert_eq!(decide(Some("tcg"), true, WITH_VMX), Accel::Tcg);
-        assert_eq!(decide(Some("fast"), true, WITH_VMX), Accel::Kvm);
+        assert_eq!(decide(Some("kvm"), false, true, WITHOUT), Accel::Kvm);
+        assert_eq!(decide(Some("tcg"), true, true, WITH_VMX), Accel::Tcg);
+        assert_eq!(decide(Some("fast"), true, true, WITH_VMX), Accel::Kvm);
     }
 
     #[test]
