@@ -19,17 +19,7 @@ rustPlatform.buildRustPackage {
   pname = "testrig";
   version = (lib.importTOML ../Cargo.toml).workspace.package.version;
 
-  src = lib.fileset.toSource {
-    root = ../.;
-    fileset = lib.fileset.unions [
-      ../Cargo.toml
-      ../Cargo.lock
-      ../cxx-bridge
-      ../runner
-      ./plan.nix # embedded in the binary (include_str!) as the fallback extractor
-      ./python-env.nix # embedded too: the Python of a test's extraPythonPackages
-    ];
-  };
+  src = import ./source.nix { inherit lib; };
   cargoLock.lockFile = ../Cargo.lock;
   cargoBuildFlags = [
     "-p"

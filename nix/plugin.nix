@@ -18,16 +18,9 @@ rustPlatform.buildRustPackage {
   pname = "testrig-plugin";
   version = (lib.importTOML ../Cargo.toml).workspace.package.version;
 
-  src = lib.fileset.toSource {
-    root = ../.;
-    fileset = lib.fileset.unions [
-      ../Cargo.toml
-      ../Cargo.lock
-      ../cxx-bridge
-      ../runner # a workspace member: cargo reads its manifest
-      ./plan.nix
-      ../plugin
-    ];
+  src = import ./source.nix {
+    inherit lib;
+    extra = [ ../plugin ];
   };
   cargoLock.lockFile = ../Cargo.lock;
   cargoBuildFlags = [
