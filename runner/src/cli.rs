@@ -59,16 +59,16 @@ pub struct RunArgs {
     pub start_scripts: Vec<PathBuf>,
 
     /// Machine names, in the order of `--vm-start-scripts` (the driver of 2025 to early 2026).
-    #[arg(long = "vm-names", num_args = 0.., value_name = "NAME", env = "vmNames", value_delimiter = ' ')]
-    pub vm_names: Vec<String>,
+    #[arg(long = "vm-names", num_args = 0.., value_name = "NAME", env = "vmNames", value_delimiter = ' ', value_parser = parse_listed)]
+    pub vm_names: Vec<Option<String>>,
 
     /// Start scripts, one per name of `--vm-names` (the driver of 2025 to early 2026).
-    #[arg(long = "vm-start-scripts", num_args = 0.., value_name = "PATH", env = "vmStartScripts", value_delimiter = ' ')]
-    pub vm_start_scripts: Vec<String>,
+    #[arg(long = "vm-start-scripts", num_args = 0.., value_name = "PATH", env = "vmStartScripts", value_delimiter = ' ', value_parser = parse_listed)]
+    pub vm_start_scripts: Vec<Option<String>>,
 
     /// systemd-nspawn container names (the driver of 2025 to early 2026): not supported yet, refused when given.
-    #[arg(long = "container-names", num_args = 0.., value_name = "NAME", env = "containerNames", value_delimiter = ' ')]
-    pub container_names: Vec<String>,
+    #[arg(long = "container-names", num_args = 0.., value_name = "NAME", env = "containerNames", value_delimiter = ' ', value_parser = parse_listed)]
+    pub container_names: Vec<Option<String>>,
 
     /// systemd-nspawn container start scripts: not supported yet, refused when given.
     #[arg(
@@ -76,9 +76,10 @@ pub struct RunArgs {
         num_args = 0..,
         value_name = "PATH",
         env = "containerStartScripts",
-        value_delimiter = ' '
+        value_delimiter = ' ',
+        value_parser = parse_listed
     )]
-    pub container_start_scripts: Vec<String>,
+    pub container_start_scripts: Vec<Option<String>>,
 
     /// Vlans to create (with `--start-scripts`).
     #[arg(long = "vlans", num_args = 0.., value_name = "N", env = "vlans", value_delimiter = ' ', value_parser = parse_vlan)]
@@ -182,8 +183,16 @@ pub struct RunArgs {
     pub debug_on_failure: bool,
 }
 
-/// A vlan number; empty is none, since nixpkgs' wrapper sets `vlans=` for a test without vlans and its driver
-/// splits that into an empty list.
+// The list flags of nixpkgs' driver also come from its wrapper's environment variables (`vlans=`, `vmNames=`...),
+// where an empty variable is an empty list, as the driver's `.split()` makes it. clap splits it into one empty
+// value, so these parsers make that value `None`, and the accessors below leave it out.
+
+/// An entry of a list flag; empty is none.
+fn parse_listed(value: &str) -> Result<Option<String>, String> {
+    Ok(Some(value.to_owned()).filter(|v| !v.is_empty()))
+}
+
+/// A vlan number; empty is none.
 fn parse_vlan(value: &str) -> Result<Option<u32>, String> {
     if value.is_empty() {
         return Ok(None);
@@ -198,6 +207,29 @@ impl RunArgs {
     /// The vlans of `--vlans` (or `vlans=`), without empty entries.
     pub fn vlans(&self) -> Vec<u32> {
         self.vlans.iter().flatten().copied().collect()
+    }
+
+    /// The machine names of `--vm-names` (or `vmNames=`), without empty entries.
+    pub fn vm_names(&self) -> Vec<String> {
+        self.vm_names.iter().flatten().cloned().collect()
+    }
+
+    /// The start scripts of `--vm-start-scripts` (or `vmStartScripts=`), without empty entries.
+    pub fn vm_start_scripts(&self) -> Vec<PathBuf> {
+        self.vm_start_scripts
+            .iter()
+            .flatten()
+            .map(PathBuf::from)
+            .collect()
+    }
+
+    /// The names and start scripts of nspawn containers given, without empty entries.
+    pub fn containers(&self) -> Vec<&str> {
+        let given = self
+            .container_names
+            .iter()
+            .chain(&self.container_start_scripts);
+        given.flatten().map(String::as_str).collect()
     }
 
     /// Whether the test script's Python may take the terminal for a prompt (`-I`, `--debug-on-failure`): such a

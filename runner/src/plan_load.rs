@@ -117,19 +117,8 @@ pub fn load_evaluated_plan(
 pub fn machines_from_flags(
     start_scripts: &[PathBuf],
     vm_names: &[String],
-    vm_start_scripts: &[String],
+    vm_start_scripts: &[PathBuf],
 ) -> Result<Vec<(String, PathBuf)>, BadInput> {
-    // An empty environment variable (`vmNames=`) is an empty list, as nixpkgs' `.split()` makes it.
-    let vm_names: Vec<String> = vm_names.iter().filter(|n| !n.is_empty()).cloned().collect();
-    let vm_start_scripts: Vec<PathBuf> = vm_start_scripts
-        .iter()
-        .filter(|p| !p.is_empty())
-        .map(PathBuf::from)
-        .collect();
-    let start_scripts: Vec<&PathBuf> = start_scripts
-        .iter()
-        .filter(|p| !p.as_os_str().is_empty())
-        .collect();
     if !vm_start_scripts.is_empty() || !vm_names.is_empty() {
         if !start_scripts.is_empty() {
             return Err(bad(
@@ -152,7 +141,7 @@ pub fn machines_from_flags(
     }
     Ok(start_scripts
         .iter()
-        .map(|&script| (machine_name_from_start_script(script), script.clone()))
+        .map(|script| (machine_name_from_start_script(script), script.clone()))
         .collect())
 }
 

@@ -82,14 +82,7 @@ fn answered_from_cache(args: &RunArgs, cache: Option<&Cache>, plan: &LoadedPlan)
 
 async fn load_plans(args: &RunArgs, cache: Option<&Cache>) -> Result<Vec<LoadedPlan>, BadInput> {
     let mut plans = Vec::new();
-    // An empty environment variable (`containerNames=`) is an empty list, as nixpkgs' `.split()` makes it.
-    let containers: Vec<&str> = args
-        .container_names
-        .iter()
-        .map(String::as_str)
-        .chain(args.container_start_scripts.iter().map(String::as_str))
-        .filter(|s| !s.is_empty())
-        .collect();
+    let containers = args.containers();
     if !containers.is_empty() {
         return Err(BadInput(format!(
             "systemd-nspawn containers are not supported yet ({})",
@@ -99,8 +92,11 @@ async fn load_plans(args: &RunArgs, cache: Option<&Cache>) -> Result<Vec<LoadedP
     if args.dump_vsocks.is_some() {
         tracing::warn!("--dump-vsocks: the ssh backdoor is not supported; ignored");
     }
-    let machines =
-        machines_from_flags(&args.start_scripts, &args.vm_names, &args.vm_start_scripts)?;
+    let machines = machines_from_flags(
+        &args.start_scripts,
+        &args.vm_names(),
+        &args.vm_start_scripts(),
+    )?;
     if !machines.is_empty() {
         let script = match (&args.test_script, args.plans.as_slice()) {
             (Some(script), []) => script.clone(),
