@@ -71,9 +71,10 @@ async fn run_plan_in_span(
     }
     if plan.plan.force_accel && crate::machine::host_accel() == crate::machine::Accel::Tcg {
         eprintln!(
-            "testrig: {}: the test sets qemu.forceAccel (no fallback to TCG), but KVM does not really work here \
-             (no usable /dev/kvm, or a CPU without vmx/svm); TESTRIG_ACCEL=kvm runs it on KVM anyway",
-            plan.name
+            "testrig: {}: the test sets qemu.forceAccel (no fallback to TCG), but {}; TESTRIG_ACCEL=kvm runs it \
+             on KVM anyway",
+            plan.name,
+            crate::machine::KVM_NOT_REAL
         );
         return EXIT_BAD_INPUT;
     }

@@ -8,6 +8,10 @@
 
 use std::sync::OnceLock;
 
+/// Why TCG was chosen, for messages.
+pub const KVM_NOT_REAL: &str =
+    "KVM does not really work here (no usable /dev/kvm, or an x86 CPU without vmx/svm)";
+
 /// The accelerator VMs get.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Accel {
@@ -28,8 +32,7 @@ pub fn host_accel() -> Accel {
             (_, Some(forced)) => tracing::debug!("accelerator {accel:?}, as TESTRIG_ACCEL={forced} says"),
             (Accel::Kvm, None) => tracing::debug!("KVM works here: VMs run under KVM"),
             (Accel::Tcg, None) => tracing::info!(
-                "KVM does not really work here (no usable /dev/kvm, or a CPU without vmx/svm): VMs run under TCG, \
-                 which is much slower (TESTRIG_ACCEL=kvm overrides)"
+                "{KVM_NOT_REAL}: VMs run under TCG, which is much slower (TESTRIG_ACCEL=kvm overrides)"
             ),
         }
         accel

@@ -10,7 +10,7 @@ mod shell;
 mod vm;
 mod waits;
 
-pub use accel::{host_accel, Accel};
+pub use accel::{host_accel, Accel, KVM_NOT_REAL};
 pub use error::{OpError, OpResult};
 pub use handle::{Machine, Timeouts};
 pub use shell::shell_quote;
