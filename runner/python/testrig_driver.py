@@ -9,6 +9,7 @@ the VMs, their sockets, every timeout and the log. Standard library only; Python
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import json
 import linecache
 import os
@@ -19,15 +20,13 @@ import threading
 import time
 import traceback
 import unittest
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, ContextManager, NoReturn, Optional, overload
+from typing import Any, Callable, ContextManager, NoReturn, Optional, Union, overload
 
 PROTOCOL = "testrig-rpc/1"
-
-# A timeout as the protocol carries it: seconds, or None for the runner's default.
-Timeout = Optional[float]
 # A polling condition: it holds unless it raises or returns a false value other than None.
 ConditionFn = Callable[[], Any]
 
@@ -57,6 +56,74 @@ class NotSupportedByTestrig(NotImplementedError):
 
 class RunnerConnectionLost(Exception):
     """The runner closed the connection or answered something that is not testrig-rpc/1."""
+
+
+# --- durations ---------------------------------------------------------------------------------------------------
+
+# A duration as test scripts give it, with the meaning nixpkgs' driver has given it since mid-2026 (its
+# `test_driver/duration.py`): a `datetime.timedelta` is the preferred form; a bare int or float still means
+# seconds, but is deprecated and warns; a bool is a TypeError (`timeout=True` is a mistake, not one second).
+# The protocol carries seconds as numbers, so every duration is converted here, at the edge.
+Duration = Union[dt.timedelta, int, float]
+
+# nixpkgs' defaults, in one place.
+DEFAULT_TIMEOUT = dt.timedelta(minutes=15)
+DEFAULT_QMP_EVENT_TIMEOUT = dt.timedelta(minutes=10)
+DEFAULT_POLLING_INTERVAL = dt.timedelta(seconds=2)
+DEFAULT_KEY_DELAY = dt.timedelta(milliseconds=10)
+
+
+def as_timedelta(duration: Duration) -> dt.timedelta:
+    """`duration` as a timedelta; bare numbers are seconds. Anything else (bool, str, None) is a TypeError."""
+    if isinstance(duration, dt.timedelta):
+        return duration
+    if isinstance(duration, bool):
+        raise TypeError(f"expected a duration, got bool: {duration!r}")
+    if isinstance(duration, (int, float)):
+        return dt.timedelta(seconds=duration)
+    raise TypeError(f"expected a timedelta, int, or float duration, got {type(duration).__name__}")
+
+
+def as_seconds(duration: Duration) -> float:
+    return as_timedelta(duration).total_seconds()
+
+
+def warn_if_bare_number(duration: Any, func_name: str, stacklevel: int = 3) -> None:
+    """nixpkgs' deprecation warning for a bare int/float duration. `stacklevel` 3 points at the test script's
+    line when called from a method the script called, so each line warns once (Python's default filter)."""
+    if duration is None or isinstance(duration, bool):
+        return
+    if isinstance(duration, (int, float)):
+        warnings.warn(f"{func_name}(): passing a bare int/float as a duration is deprecated. "
+                      "Use datetime.timedelta instead.", stacklevel=stacklevel)
+
+
+def duration_seconds(duration: Any, func_name: str) -> float:
+    """A method's duration argument as the seconds the protocol carries: coerced (TypeError for a bool or a
+    non-number) and warned about when it is a bare number, as nixpkgs does."""
+    seconds = as_seconds(duration)
+    warn_if_bare_number(duration, func_name, stacklevel=4)
+    return seconds
+
+
+def optional_duration_seconds(duration: Any, func_name: str) -> Optional[float]:
+    """Like `duration_seconds`, but None stays None (the runner's default: no timeout of its own)."""
+    if duration is None:
+        return None
+    seconds = as_seconds(duration)
+    warn_if_bare_number(duration, func_name, stacklevel=4)
+    return seconds
+
+
+def renamed_keyword(new_value: Any, old_value: Any, func_name: str, new: str, old: str, default: Any) -> Any:
+    """A keyword nixpkgs renamed (`secs` → `duration`, `timeout_seconds` → `timeout`, `seconds_interval` →
+    `interval`): the old name still works with a warning; both at once is a TypeError, as in nixpkgs."""
+    if old_value is None:
+        return default if new_value is None else new_value
+    if new_value is not None:
+        raise TypeError(f"{func_name}() got both {new!r} and {old!r} arguments. Pass only {new!r}")
+    warnings.warn(f"{func_name}(): The {old!r} argument is deprecated. Use {new!r} instead.", stacklevel=3)
+    return old_value
 
 
 # --- the connection to the runner -------------------------------------------------------------------------------
@@ -259,18 +326,22 @@ class Clock:
 CLOCK = Clock()
 
 
-def retry(fn: Callable[[bool], Any], timeout_seconds: float = 900) -> None:
-    """Call `fn(False)` once a second until it returns true or `timeout_seconds` have passed, then `fn(True)`
-    once (the last try, when `fn` may print diagnostics); raise RequestedAssertionFailed if that fails too."""
+def retry(fn: Callable[[bool], Any], timeout: Optional[Duration] = None, *,
+          timeout_seconds: Optional[Duration] = None) -> None:
+    """Call `fn(False)` once a second until it returns true or `timeout` (default 15 minutes) has passed, then
+    `fn(True)` once (the last try, when `fn` may print diagnostics); raise RequestedAssertionFailed if that fails
+    too. `timeout_seconds` is the old name of `timeout`."""
+    timeout = renamed_keyword(timeout, timeout_seconds, "retry", "timeout", "timeout_seconds", DEFAULT_TIMEOUT)
+    limit = duration_seconds(timeout, "retry")
     start = CLOCK.monotonic()
-    while CLOCK.monotonic() - start < timeout_seconds:
+    while CLOCK.monotonic() - start < limit:
         if fn(False):
             return
         CLOCK.sleep(1)
     elapsed = CLOCK.monotonic() - start
     if not fn(True):
         raise RequestedAssertionFailed(
-            f"action timed out after {elapsed:.2f} seconds (timeout={timeout_seconds})"
+            f"action timed out after {elapsed:.2f} seconds (timeout={timeout})"
         )
 
 
@@ -281,12 +352,15 @@ class PollingCondition:
         self,
         condition: ConditionFn,
         logger: Logger,
-        seconds_interval: float = 2.0,
+        seconds_interval: Optional[Duration] = None,
         description: str | None = None,
+        *,
+        interval: Optional[Duration] = None,
     ) -> None:
         self.condition = condition
         self.logger = logger
-        self.seconds_interval = seconds_interval
+        self.interval = as_timedelta(renamed_keyword(interval, seconds_interval, "PollingCondition", "interval",
+                                                     "seconds_interval", DEFAULT_POLLING_INTERVAL))
         self.description: str = (
             str(description) if description is not None
             else condition.__doc__ or str(getattr(condition, "__name__", repr(condition)))
@@ -296,7 +370,7 @@ class PollingCondition:
 
     @property
     def overdue(self) -> bool:
-        return self.last_called + self.seconds_interval < CLOCK.monotonic()
+        return self.last_called + self.interval.total_seconds() < CLOCK.monotonic()
 
     @property
     def entered(self) -> bool:
@@ -337,10 +411,10 @@ class PollingCondition:
 class Poll:
     """What `polling_condition` makes of a function: a context manager activating the condition, with `wait`."""
 
-    def __init__(self, driver: Driver, fun: ConditionFn, seconds_interval: float,
+    def __init__(self, driver: Driver, fun: ConditionFn, interval: dt.timedelta,
                  description: str | None) -> None:
         self._driver = driver
-        self.condition = PollingCondition(fun, driver.logger, seconds_interval, description)
+        self.condition = PollingCondition(fun, driver.logger, description=description, interval=interval)
 
     def __enter__(self) -> None:
         self._driver.polling_conditions.append(self.condition)
@@ -349,8 +423,10 @@ class Poll:
         removed = self._driver.polling_conditions.pop()
         assert removed is self.condition, "polling conditions must be left in the order they were entered"
 
-    def wait(self, timeout: float = 900) -> None:
+    def wait(self, timeout: Duration = DEFAULT_TIMEOUT) -> None:
         """Wait until the condition holds (retry semantics: once a second, then a last try)."""
+        warn_if_bare_number(timeout, "wait")
+        timeout = as_timedelta(timeout)
         logger = self._driver.logger
 
         def holds(last: bool) -> bool:
@@ -362,7 +438,7 @@ class Poll:
             return ok
 
         with logger.nested(f"waiting for {self.condition.description}"):
-            retry(holds, timeout_seconds=timeout)
+            retry(holds, timeout)
 
 
 # --- machines -----------------------------------------------------------------------------------------------------
@@ -457,10 +533,12 @@ class Machine:
     # commands
 
     def execute(self, command: str, check_return: bool = True, check_output: bool = True,
-                timeout: Timeout = 900) -> tuple[int, str]:
+                timeout: Optional[Duration] = DEFAULT_TIMEOUT) -> tuple[int, str]:
         """Run `command` in the guest shell (with `set -euo pipefail`); return (exit status, stdout).
-        Without check_output the status is -2 and the output empty; without check_return the status is -1."""
-        result = self._call("execute", {"command": command, "timeout": timeout, "check_output": check_output,
+        Without check_output the status is -2 and the output empty; without check_return the status is -1.
+        `timeout=None` waits as long as the command runs."""
+        seconds = optional_duration_seconds(timeout, "execute")
+        result = self._call("execute", {"command": command, "timeout": seconds, "check_output": check_output,
                                         "check_return": check_return})
         if not check_output:
             return (-2, "")
@@ -469,27 +547,32 @@ class Machine:
             return (-1, output)
         return (int(result["status"]), output)
 
-    def succeed(self, *commands: str, timeout: Timeout = None) -> str:
+    def succeed(self, *commands: str, timeout: Optional[Duration] = None) -> str:
         """Run each command, failing the test on the first non-zero exit status; return the outputs joined."""
-        result = self._call("succeed", {"commands": list(commands), "timeout": timeout})
+        seconds = optional_duration_seconds(timeout, "succeed")
+        result = self._call("succeed", {"commands": list(commands), "timeout": seconds})
         return decode_output(result["output_b64"])
 
-    def fail(self, *commands: str, timeout: Timeout = None) -> str:
+    def fail(self, *commands: str, timeout: Optional[Duration] = None) -> str:
         """Like `succeed`, but each command must exit non-zero."""
-        result = self._call("fail", {"commands": list(commands), "timeout": timeout})
+        seconds = optional_duration_seconds(timeout, "fail")
+        result = self._call("fail", {"commands": list(commands), "timeout": seconds})
         return decode_output(result["output_b64"])
 
-    def wait_until_succeeds(self, command: str, timeout: Timeout = 900) -> str:
-        result = self._call("wait_until_succeeds", {"command": command, "timeout": timeout})
+    def wait_until_succeeds(self, command: str, timeout: Duration = DEFAULT_TIMEOUT) -> str:
+        result = self._call("wait_until_succeeds", {"command": command, "timeout": duration_seconds(timeout, "wait_until_succeeds")})
         return decode_output(result["output_b64"])
 
-    def wait_until_fails(self, command: str, timeout: Timeout = 900) -> str:
-        result = self._call("wait_until_fails", {"command": command, "timeout": timeout})
+    def wait_until_fails(self, command: str, timeout: Duration = DEFAULT_TIMEOUT) -> str:
+        result = self._call("wait_until_fails", {"command": command, "timeout": duration_seconds(timeout, "wait_until_fails")})
         return decode_output(result["output_b64"])
 
-    def sleep(self, secs: float) -> None:
-        """Sleep in guest time."""
-        self._call("sleep", {"secs": secs})
+    def sleep(self, duration: Optional[Duration] = None, *, secs: Optional[Duration] = None) -> None:
+        """Sleep in guest time. `secs` is the old name of `duration`."""
+        duration = renamed_keyword(duration, secs, "sleep", "duration", "secs", None)
+        if duration is None:
+            raise TypeError("sleep() missing 1 required argument: 'duration'")
+        self._call("sleep", {"secs": duration_seconds(duration, "sleep")})
 
     # systemd
 
@@ -503,8 +586,9 @@ class Machine:
     def stop_job(self, jobname: str, user: str | None = None) -> tuple[int, str]:
         return self.systemctl(f"stop {jobname}", user)
 
-    def wait_for_unit(self, unit: str, user: str | None = None, timeout: Timeout = 900) -> None:
-        self._call("wait_for_unit", {"unit": unit, "user": user, "timeout": timeout})
+    def wait_for_unit(self, unit: str, user: str | None = None, timeout: Duration = DEFAULT_TIMEOUT) -> None:
+        seconds = duration_seconds(timeout, "wait_for_unit")
+        self._call("wait_for_unit", {"unit": unit, "user": user, "timeout": seconds})
 
     def get_unit_info(self, unit: str, user: str | None = None) -> dict[str, str]:
         return dict(self._call("get_unit_info", {"unit": unit, "user": user}))
@@ -517,21 +601,27 @@ class Machine:
 
     # waiting
 
-    def wait_for_file(self, filename: str, timeout: Timeout = 900) -> None:
-        self._call("wait_for_file", {"path": filename, "timeout": timeout})
+    def wait_for_file(self, filename: str, timeout: Duration = DEFAULT_TIMEOUT) -> None:
+        self._call("wait_for_file", {"path": filename, "timeout": duration_seconds(timeout, "wait_for_file")})
 
-    def wait_for_open_port(self, port: int, addr: str = "localhost", timeout: Timeout = 900) -> None:
-        self._call("wait_for_open_port", {"port": port, "addr": addr, "timeout": timeout})
+    def wait_for_open_port(self, port: int, addr: str = "localhost", timeout: Duration = DEFAULT_TIMEOUT) -> None:
+        seconds = duration_seconds(timeout, "wait_for_open_port")
+        self._call("wait_for_open_port", {"port": port, "addr": addr, "timeout": seconds})
 
-    def wait_for_closed_port(self, port: int, addr: str = "localhost", timeout: Timeout = 900) -> None:
-        self._call("wait_for_closed_port", {"port": port, "addr": addr, "timeout": timeout})
+    def wait_for_closed_port(self, port: int, addr: str = "localhost", timeout: Duration = DEFAULT_TIMEOUT) -> None:
+        seconds = duration_seconds(timeout, "wait_for_closed_port")
+        self._call("wait_for_closed_port", {"port": port, "addr": addr, "timeout": seconds})
 
-    def wait_for_open_unix_socket(self, addr: str, is_datagram: bool = False, timeout: Timeout = 900) -> None:
-        self._call("wait_for_open_unix_socket", {"path": addr, "is_datagram": is_datagram, "timeout": timeout})
+    def wait_for_open_unix_socket(self, addr: str, is_datagram: bool = False,
+                                  timeout: Duration = DEFAULT_TIMEOUT) -> None:
+        seconds = duration_seconds(timeout, "wait_for_open_unix_socket")
+        self._call("wait_for_open_unix_socket", {"path": addr, "is_datagram": is_datagram, "timeout": seconds})
 
-    def wait_for_console_text(self, regex: str, timeout: Timeout = None) -> str:
-        """Wait until `regex` matches the serial console output; return the matched text."""
-        return str(self._call("wait_for_console_text", {"regex": regex, "timeout": timeout},
+    def wait_for_console_text(self, regex: str, timeout: Optional[Duration] = None) -> str:
+        """Wait until `regex` matches the serial console output; return the matched text. `timeout=None` waits
+        as long as the test runs."""
+        seconds = optional_duration_seconds(timeout, "wait_for_console_text")
+        return str(self._call("wait_for_console_text", {"regex": regex, "timeout": seconds},
                               check_conditions=False))
 
     def get_console_log(self) -> str:
@@ -546,14 +636,16 @@ class Machine:
         """Save the screen as PNG in the output dir; return its path."""
         return str(self._call("screenshot", {"name": filename}))
 
-    def send_key(self, key: str, delay: float | None = 0.01, log: bool | None = True) -> None:
-        """Press a key (QEMU `sendkey` syntax, or a single character)."""
+    def send_key(self, key: str, delay: Optional[Duration] = DEFAULT_KEY_DELAY, log: bool | None = True) -> None:
+        """Press a key (QEMU `sendkey` syntax, or a single character), then pause `delay`."""
+        seconds = optional_duration_seconds(delay, "send_key")
         self._call("send_key", {"key": key})
-        if delay is not None:
-            CLOCK.sleep(delay)
+        if seconds is not None:
+            CLOCK.sleep(seconds)
 
-    def send_chars(self, chars: str, delay: float | None = 0.01) -> None:
+    def send_chars(self, chars: str, delay: Optional[Duration] = DEFAULT_KEY_DELAY) -> None:
         """Type `chars` on the virtual keyboard (the runner paces the keys)."""
+        optional_duration_seconds(delay, "send_chars")
         self._call("send_chars", {"chars": chars})
 
     def send_console(self, chars: str) -> None:
@@ -598,8 +690,10 @@ class Machine:
             f"fold -w$(stty -F /dev/tty{tty} size | awk '{{print $2}}') /dev/vcs{tty}")
         return output
 
-    def wait_until_tty_matches(self, tty: str, regexp: str, timeout: float = 900) -> None:
+    def wait_until_tty_matches(self, tty: str, regexp: str, timeout: Duration = DEFAULT_TIMEOUT) -> None:
         """Wait until the text of virtual console `tty` matches `regexp` (Python syntax, as in nixpkgs)."""
+        warn_if_bare_number(timeout, "wait_until_tty_matches")
+        timeout = as_timedelta(timeout)
         matcher = re.compile(regexp)
 
         def tty_matches(last_try: bool) -> bool:
@@ -765,20 +859,29 @@ class Driver:
             condition.maybe_raise()
 
     @overload
-    def polling_condition(self, fun_: ConditionFn, *, seconds_interval: float = ...,
+    def polling_condition(self, fun_: ConditionFn, *, interval: Optional[Duration] = ...,
+                          seconds_interval: Optional[Duration] = ...,
                           description: str | None = ...) -> Poll: ...
 
     @overload
-    def polling_condition(self, fun_: None = ..., *, seconds_interval: float = ...,
+    def polling_condition(self, fun_: None = ..., *, interval: Optional[Duration] = ...,
+                          seconds_interval: Optional[Duration] = ...,
                           description: str | None = ...) -> Callable[[ConditionFn], Poll]: ...
 
-    def polling_condition(self, fun_: ConditionFn | None = None, *, seconds_interval: float = 2.0,
+    def polling_condition(self, fun_: ConditionFn | None = None, *, interval: Optional[Duration] = None,
+                          seconds_interval: Optional[Duration] = None,
                           description: str | None = None) -> Poll | Callable[[ConditionFn], Poll]:
-        """`@polling_condition` or `@polling_condition(seconds_interval=..., description=...)`; use the result
-        as a context manager (`with cond:`) to make the condition active."""
+        """`@polling_condition` or `@polling_condition(interval=timedelta(...), description=...)`; use the result
+        as a context manager (`with cond:`) to make the condition active. `seconds_interval` is the old name of
+        `interval`; the default is 2 seconds."""
+        given = renamed_keyword(interval, seconds_interval, "polling_condition", "interval", "seconds_interval",
+                                DEFAULT_POLLING_INTERVAL)
+        if seconds_interval is None:  # the old keyword has warned already
+            warn_if_bare_number(given, "polling_condition")
+        interval = as_timedelta(given)
 
         def make(fun: ConditionFn) -> Poll:
-            return Poll(self, fun, seconds_interval, description)
+            return Poll(self, fun, interval, description)
 
         return make if fun_ is None else make(fun_)
 
