@@ -7,8 +7,8 @@
 // is never instantiated.
 //
 // Built and tested against Nix 2.26.3 only; the other branches follow the upstream headers of 2.28 to 2.35 and
-// master, compiled here only with stand-in types of their shapes (compat-check.cc): no newer Nix can be built on
-// the development machines.
+// master, compiled with stand-in types of their shapes (compat-check.cc) and against the public headers of 2.35.2
+// and master (tests/suite.d/plugin-newer-nix): no newer Nix can be built on the development machines.
 #pragma once
 
 #if __has_include(<nix/expr/eval.hh>)
