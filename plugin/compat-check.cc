@@ -3,7 +3,7 @@
 // the installed Nix (2.26) the real types take the old branches; the newer branches, which no Nix here can run, are
 // also instantiated with types shaped like the upstream declarations they detect:
 //   Value::listView() and mkString(s, context, EvalMemory &)   (Nix 2.30 and 2.33, value.hh)
-//   PrimOp { name; args; arity; doc; addTrace; impl; ... }      (Nix 2.34/2.35, eval.hh)
+//   PrimOp { name; args; arity; doc; addTrace; impl; ... }      (Nix 2.34, eval.hh)
 //   a primop called with `CallSite { PosIdx pos; }`             (master, eval.hh)
 // Only their shape matters: nothing here runs.
 #include "nix-compat.hh"

@@ -94,7 +94,7 @@ nix::PosIdx positionOf(const Site & site)
 using PrimOpImpl = void (*)(nix::EvalState & state, nix::PosIdx pos, nix::Value * const * args, nix::Value & v);
 
 /**
- * A primop for `nix::RegisterPrimOp`: its implementation is the field `fun` until Nix 2.34 (or 2.35), `impl` after;
+ * A primop for `nix::RegisterPrimOp`: its implementation is the field `fun` until Nix 2.33, `impl` from 2.34.0;
  * the generic lambda fits both the old signature and master's (`CallSite` instead of `PosIdx`).
  */
 template<typename PrimOp = nix::PrimOp>
