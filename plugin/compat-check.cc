@@ -1,8 +1,9 @@
 // Compile-time checks of nix-compat.hh's detections (plugin/smoke.sh compiles this with -fsyntax-only against the
-// installed Nix). Against the installed Nix (2.26) the real types take the old branches; the newer branches, which
-// no Nix here can exercise, are instantiated with types shaped like the upstream declarations they detect:
+// installed Nix, tests/suite.d/plugin-newer-nix with clang against the headers of Nix 2.35.2 and master). Against
+// the installed Nix (2.26) the real types take the old branches; the newer branches, which no Nix here can run, are
+// also instantiated with types shaped like the upstream declarations they detect:
 //   Value::listView() and mkString(s, context, EvalMemory &)   (Nix 2.30 and 2.33, value.hh)
-//   PrimOp { name; args; arity; doc; addTrace; impl; ... }      (Nix 2.34/2.35, eval.hh)
+//   PrimOp { name; args; arity; doc; addTrace; impl; ... }      (Nix 2.34, eval.hh)
 //   a primop called with `CallSite { PosIdx pos; }`             (master, eval.hh)
 // Only their shape matters: nothing here runs.
 #include "nix-compat.hh"
@@ -58,9 +59,12 @@ static_assert(std::is_same_v<decltype(items(std::declval<const newer::Value &>()
 static_assert(!std::is_same_v<decltype(items(std::declval<const nix::Value &>())), newer::ListView>);
 
 // Strings with context: with the evaluator's memory where mkString takes it (explicit instantiations compile the
-// bodies).
-template void setString(newer::Value &, newer::State &, std::string_view, const nix::NixStringContext &);
-template void setString(nix::Value &, nix::EvalState &, std::string_view, const nix::NixStringContext &);
+// bodies). Qualified: an explicit instantiation outside its template's namespace must name that namespace (clang
+// holds to this, GCC 12 also accepts the name found through `using namespace`).
+template void
+testrig::compat::setString(newer::Value &, newer::State &, std::string_view, const nix::NixStringContext &);
+template void
+testrig::compat::setString(nix::Value &, nix::EvalState &, std::string_view, const nix::NixStringContext &);
 
 // Call positions: a PosIdx as it is, a CallSite's `pos`.
 static_assert(std::is_same_v<decltype(positionOf(nix::PosIdx())), nix::PosIdx>);

@@ -7,8 +7,8 @@
 // is never instantiated.
 //
 // Built and tested against Nix 2.26.3 only; the other branches follow the upstream headers of 2.28 to 2.35 and
-// master, compiled here only with stand-in types of their shapes (compat-check.cc): no newer Nix can be built on
-// the development machines.
+// master, compiled with stand-in types of their shapes (compat-check.cc) and against the public headers of 2.35.2
+// and master (tests/suite.d/plugin-newer-nix): no newer Nix can be built on the development machines.
 #pragma once
 
 #if __has_include(<nix/expr/eval.hh>)
@@ -94,7 +94,7 @@ nix::PosIdx positionOf(const Site & site)
 using PrimOpImpl = void (*)(nix::EvalState & state, nix::PosIdx pos, nix::Value * const * args, nix::Value & v);
 
 /**
- * A primop for `nix::RegisterPrimOp`: its implementation is the field `fun` until Nix 2.34 (or 2.35), `impl` after;
+ * A primop for `nix::RegisterPrimOp`: its implementation is the field `fun` until Nix 2.33, `impl` from 2.34.0;
  * the generic lambda fits both the old signature and master's (`CallSite` instead of `PosIdx`).
  */
 template<typename PrimOp = nix::PrimOp>

@@ -22,6 +22,9 @@ base_pkgs=(
   libboost-container-dev libarchive-dev libbrotli-dev libbsd-dev libbz2-dev libcpuid-dev
   libcurl4-openssl-dev libgc-dev libsodium-dev libsqlite3-dev libssl-dev libtoml11-dev libreadline-dev
   nlohmann-json3-dev libedit-dev libseccomp-dev dpkg-dev quilt python3-venv
+  # the compile check of the plugin against newer Nix headers (tests/suite.d/plugin-newer-nix): they need C++23
+  # library features GCC 12's libstdc++ lacks
+  clang-19 libc++-19-dev libc++abi-19-dev
 )
 # Packages from bookworm-backports.
 backports_pkgs=(qemu-system-x86)
