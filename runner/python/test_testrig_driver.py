@@ -7,6 +7,7 @@ that answers the protocol and records every request. Run: python3 -m unittest di
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import io
 import json
 import os
@@ -17,6 +18,7 @@ import sys
 import tempfile
 import threading
 import unittest
+import warnings
 from pathlib import Path
 from typing import Any, Callable
 from unittest import mock
@@ -163,7 +165,7 @@ class RunnerTestCase(unittest.TestCase):
     def make_driver(self, script: str = "", machines: list[str] | None = None, vlans: list[int] | None = None,
                     ) -> td.Driver:
         names = ["server"] if machines is None else machines
-        return td.Driver(self.client, [(n, td.pythonize_name(n)) for n in names], vlans or [], script, SCRIPT_NAME,
+        return td.Driver(self.client, [td.MachineInfo(n) for n in names], vlans or [], script, SCRIPT_NAME,
                          Path("/out"))
 
 
@@ -213,7 +215,7 @@ class PythonizeNameTests(unittest.TestCase):
             "test_script_name": "t.py",
             "out_dir": "/o",
         })
-        self.assertEqual(session.machines, [("web-1", "web_1"), ("db.x", "db_x")])
+        self.assertEqual([(m.name, m.python_name) for m in session.machines], [("web-1", "web_1"), ("db.x", "db_x")])
         self.assertEqual(session.vlans, [1, 2])
         self.assertEqual(session.test_script_name, "t.py")
         self.assertEqual(session.out_dir, Path("/o"))
@@ -329,6 +331,208 @@ class RetryTests(unittest.TestCase):
 
     def test_is_a_test_failure(self) -> None:
         self.assertTrue(issubclass(td.RequestedAssertionFailed, Exception))
+
+
+class DurationTests(RunnerTestCase):
+    """Every duration the API takes: a timedelta (preferred), a bare int or float (seconds, with nixpkgs'
+    deprecation warning), None where nixpkgs allows it; a bool or a str is a TypeError before anything is sent."""
+
+    def test_coercion(self) -> None:
+        self.assertEqual(td.as_timedelta(dt.timedelta(minutes=2)), dt.timedelta(seconds=120))
+        self.assertEqual(td.as_timedelta(3), dt.timedelta(seconds=3))
+        self.assertEqual(td.as_timedelta(0.25), dt.timedelta(milliseconds=250))
+        self.assertEqual(td.as_seconds(dt.timedelta(minutes=15)), 900.0)
+        for bad in (True, False, "5", None, [5]):
+            with self.subTest(bad=bad), self.assertRaises(TypeError):
+                td.as_timedelta(bad)  # type: ignore[arg-type]
+
+    def duration_calls(self, m: td.Machine) -> list[tuple[str, Callable[[Any], Any], str, str, bool]]:
+        """(method, call with a duration, op, argument the seconds travel in, None allowed)."""
+        return [
+            ("execute", lambda d: m.execute("x", timeout=d), "execute", "timeout", True),
+            ("succeed", lambda d: m.succeed("x", timeout=d), "succeed", "timeout", True),
+            ("fail", lambda d: m.fail("x", timeout=d), "fail", "timeout", True),
+            ("wait_until_succeeds", lambda d: m.wait_until_succeeds("x", timeout=d), "wait_until_succeeds",
+             "timeout", False),
+            ("wait_until_fails", lambda d: m.wait_until_fails("x", d), "wait_until_fails", "timeout", False),
+            ("wait_for_unit", lambda d: m.wait_for_unit("u", timeout=d), "wait_for_unit", "timeout", False),
+            ("wait_for_file", lambda d: m.wait_for_file("/f", d), "wait_for_file", "timeout", False),
+            ("wait_for_open_port", lambda d: m.wait_for_open_port(1, timeout=d), "wait_for_open_port", "timeout",
+             False),
+            ("wait_for_closed_port", lambda d: m.wait_for_closed_port(1, "h", d), "wait_for_closed_port",
+             "timeout", False),
+            ("wait_for_open_unix_socket", lambda d: m.wait_for_open_unix_socket("/s", timeout=d),
+             "wait_for_open_unix_socket", "timeout", False),
+            ("wait_for_console_text", lambda d: m.wait_for_console_text("x", timeout=d), "wait_for_console_text",
+             "timeout", True),
+            ("sleep", lambda d: m.sleep(d), "sleep", "secs", False),
+        ]
+
+    def test_every_method_takes_a_timedelta_without_warning(self) -> None:
+        m = self.make_driver().machines[0]
+        for name, call, op, arg, _ in self.duration_calls(m):
+            with self.subTest(name), warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                call(dt.timedelta(minutes=1, milliseconds=500))
+                self.assertEqual(self.runner.last(op)["args"][arg], 60.5)
+                self.assertEqual([str(w.message) for w in caught], [])
+
+    def test_bare_numbers_are_seconds_with_nixpkgs_deprecation_warning(self) -> None:
+        m = self.make_driver().machines[0]
+        for name, call, op, arg, _ in self.duration_calls(m):
+            for number in (7, 2.5):
+                with self.subTest(name, number=number), warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always")
+                    call(number)
+                    self.assertEqual(self.runner.last(op)["args"][arg], number)
+                    self.assertEqual(
+                        [str(w.message) for w in caught],
+                        [f"{name}(): passing a bare int/float as a duration is deprecated. "
+                         "Use datetime.timedelta instead."])
+
+    def test_bool_and_str_are_type_errors_and_nothing_is_sent(self) -> None:
+        m = self.make_driver().machines[0]
+        for name, call, op, _, none_allowed in self.duration_calls(m):
+            bad_values: list[Any] = [True, "5"] + ([] if none_allowed else [None])
+            for bad in bad_values:
+                with self.subTest(name, bad=bad):
+                    sent = len(self.runner.requests)
+                    with self.assertRaises(TypeError):
+                        call(bad)
+                    self.assertEqual(len(self.runner.requests), sent)
+
+    def test_none_means_the_runners_default_where_nixpkgs_allows_it(self) -> None:
+        m = self.make_driver().machines[0]
+        for name, call, op, arg, none_allowed in self.duration_calls(m):
+            if none_allowed:
+                with self.subTest(name):
+                    call(None)
+                    self.assertIsNone(self.runner.last(op)["args"][arg])
+
+    def test_defaults_are_fifteen_minutes(self) -> None:
+        m = self.make_driver().machines[0]
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            m.execute("x")
+            m.wait_for_unit("u")
+            m.wait_until_succeeds("x")
+            m.wait_for_open_port(22)
+        self.assertEqual(caught, [])
+        for op in ("execute", "wait_for_unit", "wait_until_succeeds", "wait_for_open_port"):
+            self.assertEqual(self.runner.last(op)["args"]["timeout"], 900.0)
+
+    def test_send_key_delay_is_a_duration(self) -> None:
+        m = self.make_driver().machines[0]
+        m.send_key("a", delay=dt.timedelta(milliseconds=30))
+        m.send_key("b", delay=None)
+        self.assertEqual(self.clock.sleeps, [0.03])
+        with self.assertRaises(TypeError):
+            m.send_key("c", delay=True)
+
+    def test_renamed_keywords_still_work_with_a_warning(self) -> None:
+        m = self.make_driver().machines[0]
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            m.sleep(secs=3)
+        self.assertEqual(self.runner.last("sleep")["args"]["secs"], 3)
+        self.assertIn("sleep(): The 'secs' argument is deprecated. Use 'duration' instead.",
+                      [str(w.message) for w in caught])
+        with self.assertRaises(TypeError):
+            m.sleep(dt.timedelta(seconds=1), secs=1)
+        with self.assertRaises(TypeError):
+            m.sleep()
+
+    def test_warning_points_at_the_script_line(self) -> None:
+        driver = self.make_driver()
+        script = "machine.wait_for_file('/f', 5)\n"
+        td.register_script_source(SCRIPT_NAME, script)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            exec(compile(script, SCRIPT_NAME, "exec"), driver.test_symbols())
+        self.assertEqual([(w.filename, w.lineno) for w in caught], [(SCRIPT_NAME, 1)])
+
+    def test_retry_timeout_and_its_old_name(self) -> None:
+        calls: list[bool] = []
+        td.retry(lambda last: calls.append(last) or len(calls) == 2, timeout=dt.timedelta(seconds=10))
+        self.assertEqual(calls, [False, False])
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            with self.assertRaises(td.RequestedAssertionFailed):
+                td.retry(lambda last: False, timeout_seconds=2)
+        self.assertIn("retry(): The 'timeout_seconds' argument is deprecated. Use 'timeout' instead.",
+                      [str(w.message) for w in caught])
+        with self.assertRaises(TypeError):
+            td.retry(lambda last: True, timeout=dt.timedelta(seconds=1), timeout_seconds=1)
+        with self.assertRaises(TypeError):
+            td.retry(lambda last: True, timeout=True)
+
+    def test_polling_condition_interval_and_its_old_name(self) -> None:
+        driver = self.make_driver()
+        poll = driver.polling_condition(lambda: True, interval=dt.timedelta(seconds=5))
+        self.assertEqual(poll.condition.interval, dt.timedelta(seconds=5))
+        self.assertEqual(driver.polling_condition(lambda: True).condition.interval, dt.timedelta(seconds=2))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            old = driver.polling_condition(seconds_interval=3)(lambda: True)
+        self.assertEqual(old.condition.interval, dt.timedelta(seconds=3))
+        self.assertEqual([str(w.message) for w in caught],
+                         ["polling_condition(): The 'seconds_interval' argument is deprecated. Use 'interval' "
+                          "instead."])
+        with self.assertRaises(TypeError):
+            driver.polling_condition(lambda: True, interval=dt.timedelta(seconds=1), seconds_interval=1)
+        with self.assertRaises(TypeError):
+            driver.polling_condition(lambda: True, interval=False)
+
+    def test_poll_wait_and_tty_wait_take_durations(self) -> None:
+        driver = self.make_driver()
+        poll = driver.polling_condition(lambda: True)
+        poll.wait(dt.timedelta(seconds=3))
+        with self.assertRaises(TypeError):
+            poll.wait(True)
+        m = driver.machines[0]
+        with self.assertRaises(TypeError):
+            m.wait_until_tty_matches("1", "x", timeout="5")
+
+
+class MachineAttributeTests(RunnerTestCase):
+    """nixpkgs' Machine attributes: fixed ones from the session, changing ones read from the runner."""
+
+    def make_machine(self) -> td.Machine:
+        info = td.MachineInfo.from_session({
+            "name": "server", "python_name": "server", "start_command": "/nix/store/x-vm/bin/run-server-vm",
+            "state_dir": "/run/t/vm-state-server", "shared_dir": "/run/t/shared-xchg", "keep_machine_state": True})
+        return td.Machine(info.name, self.client, td.Logger(self.client), Path("/out"), info=info)
+
+    def test_fixed_attributes(self) -> None:
+        m = self.make_machine()
+        self.assertEqual(m.name, "server")
+        self.assertEqual(m.start_command, "/nix/store/x-vm/bin/run-server-vm")
+        self.assertEqual(m.start_command.machine_name, "server")
+        self.assertEqual(td.StartCommand("qemu-kvm -m 512").machine_name, "machine")
+        self.assertEqual(m.state_dir, Path("/run/t/vm-state-server"))
+        self.assertEqual(m.shared_dir, Path("/run/t/shared-xchg"))
+        self.assertEqual(m.out_dir, Path("/out"))
+        self.assertEqual((m.monitor_path, m.shell_path, m.qmp_path),
+                         (Path("/run/t/vm-state-server/monitor"), Path("/run/t/vm-state-server/shell"),
+                          Path("/run/t/vm-state-server/qmp")))
+        self.assertIs(m.keep_machine_state, True)
+        self.assertIs(m.keep_vm_state, True)
+        self.assertEqual(self.runner.requests, [])
+
+    def test_changing_attributes_ask_the_runner(self) -> None:
+        m = self.make_machine()
+        status = {"pid": None, "booted": False, "connected": False, "exit_code": None}
+        self.runner.handler = lambda request: dict(status) if request["op"] == "status" else None
+        self.assertEqual((m.pid, m.booted, m.connected, m.process), (None, False, False, None))
+        status.update(pid=4242, booted=True, connected=True)
+        self.assertEqual((m.pid, m.booted, m.connected), (4242, True, True))
+        process = m.process
+        assert process is not None
+        self.assertEqual((process.pid, process.poll(), process.returncode), (4242, None, None))
+        status.update(booted=False, connected=False, exit_code=-9)
+        self.assertEqual((process.poll(), m.booted), (-9, False))
+        self.assertEqual({r["op"] for _, r in self.runner.requests}, {"status"})
+        self.assertEqual({r["machine"] for _, r in self.runner.requests}, {"server"})
 
 
 class OutputDecodingTests(unittest.TestCase):

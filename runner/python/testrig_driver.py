@@ -458,6 +458,63 @@ def _unsupported(method: str) -> Callable[..., NoReturn]:
     return method_not_supported
 
 
+class MachineInfo:
+    """What the session file says of a machine: fixed for the run."""
+
+    def __init__(self, name: str, python_name: str | None = None, start_command: str = "", state_dir: str = "",
+                 shared_dir: str = "", keep_machine_state: bool = False) -> None:
+        self.name = name
+        self.python_name = python_name or pythonize_name(name)
+        self.start_command = start_command
+        self.state_dir = state_dir
+        self.shared_dir = shared_dir
+        self.keep_machine_state = keep_machine_state
+
+    @classmethod
+    def from_session(cls, data: dict[str, Any]) -> MachineInfo:
+        name = str(data["name"])
+        return cls(name, data.get("python_name"), str(data.get("start_command") or ""),
+                   str(data.get("state_dir") or ""), str(data.get("shared_dir") or ""),
+                   bool(data.get("keep_machine_state", False)))
+
+
+class StartCommand(str):
+    """The machine's start command as a string, with nixpkgs' `QemuStartCommand.machine_name` (the name the
+    `run-<name>-vm` pattern gives, else "machine")."""
+
+    @property
+    def machine_name(self) -> str:
+        match = re.search("run-(.+)-vm$", self)
+        return match.group(1) if match else "machine"
+
+    @property
+    def _cmd(self) -> str:
+        """Where nixpkgs' QemuStartCommand keeps the command (scripts have read it)."""
+        return str(self)
+
+
+class MachineProcess:
+    """`machine.process`: QEMU's process, read through the runner (which owns it)."""
+
+    def __init__(self, machine: Machine) -> None:
+        self._machine = machine
+
+    @property
+    def pid(self) -> Optional[int]:
+        return self._machine._status()["pid"]
+
+    @property
+    def returncode(self) -> Optional[int]:
+        """The exit code, minus the signal that ended it, or None while it runs (as Popen's)."""
+        return self._machine._status()["exit_code"]
+
+    def poll(self) -> Optional[int]:
+        return self.returncode
+
+    def __repr__(self) -> str:
+        return f"<MachineProcess of {self._machine.name!r}>"
+
+
 class Machine:
     """A handle to one VM of the test. Each method is one request to the runner, which logs it as a timed section.
 
@@ -468,12 +525,52 @@ class Machine:
     """
 
     def __init__(self, name: str, client: RpcClient, logger: Logger, out_dir: Path,
-                 callbacks: list[Callable[[], None]] | None = None) -> None:
+                 callbacks: list[Callable[[], None]] | None = None, info: MachineInfo | None = None) -> None:
         self.name = name
         self.out_dir = out_dir
         self.callbacks: list[Callable[[], None]] = callbacks if callbacks is not None else []
         self._client = client
         self.logger = logger
+        info = info or MachineInfo(name)
+        # nixpkgs' attributes, with its meaning: fixed for the run, so read once from the session.
+        self.start_command = StartCommand(info.start_command)
+        self.keep_machine_state = info.keep_machine_state
+        self.state_dir = Path(info.state_dir)
+        self.shared_dir = Path(info.shared_dir)
+        self.monitor_path = self.state_dir / "monitor"
+        self.shell_path = self.state_dir / "shell"
+        self.qmp_path = self.state_dir / "qmp"
+
+    # nixpkgs' attributes that change as the machine runs: asked of the runner, which owns the process.
+
+    @property
+    def keep_vm_state(self) -> bool:
+        """Old name of `keep_machine_state`."""
+        return self.keep_machine_state
+
+    def _status(self) -> dict[str, Any]:
+        return dict(self._client.call("status", {}, machine=self.name))
+
+    @property
+    def pid(self) -> Optional[int]:
+        """The PID of the machine's QEMU (its start script), None before the first start."""
+        return self._status()["pid"]
+
+    @property
+    def booted(self) -> bool:
+        """QEMU is running."""
+        return bool(self._status()["booted"])
+
+    @property
+    def connected(self) -> bool:
+        """The backdoor shell has answered in this boot."""
+        return bool(self._status()["connected"])
+
+    @property
+    def process(self) -> Optional[MachineProcess]:
+        """A view of QEMU's process in the shape of nixpkgs' `subprocess.Popen` (pid, poll(), returncode), or
+        None before the first start. The runner owns the process; this only reads its state."""
+        return MachineProcess(self) if self._status()["pid"] is not None else None
 
     def __repr__(self) -> str:
         return f"<Machine '{self.name}'>"
@@ -758,7 +855,9 @@ class Machine:
             self.send_console(line)
 
 
-BaseMachine = Machine  # nixpkgs exposes BaseMachine to scripts for type annotations
+# nixpkgs exposes these to scripts for type annotations and subclassing (QemuMachine since 2026).
+BaseMachine = Machine
+QemuMachine = Machine
 
 
 class VLan:
@@ -800,9 +899,7 @@ class Session:
     def __init__(self, data: dict[str, Any]) -> None:
         if data.get("protocol") != PROTOCOL:
             raise ValueError(f"session protocol is {data.get('protocol')!r}, this driver speaks {PROTOCOL!r}")
-        self.machines: list[tuple[str, str]] = [
-            (str(m["name"]), str(m.get("python_name") or pythonize_name(str(m["name"])))) for m in data["machines"]
-        ]
+        self.machines: list[MachineInfo] = [MachineInfo.from_session(m) for m in data["machines"]]
         self.vlans: list[int] = [int(v) for v in data.get("vlans", [])]
         self.test_script_path = str(data["test_script"])
         self.test_script_name = str(data.get("test_script_name") or "testScript")
@@ -823,7 +920,7 @@ class Session:
 class Driver:
     """The `driver` global: machines, vlans, polling conditions, and running the test script."""
 
-    def __init__(self, client: RpcClient, machines: list[tuple[str, str]], vlans: list[int], test_script: str,
+    def __init__(self, client: RpcClient, machines: list[MachineInfo], vlans: list[int], test_script: str,
                  test_script_name: str, out_dir: Path) -> None:
         self.client = client
         self.logger = Logger(client)
@@ -833,12 +930,12 @@ class Driver:
         self.test_script_name = test_script_name
         self.polling_conditions: list[PollingCondition] = []
         self.machines_qemu: list[Machine] = [
-            Machine(name, client, self.logger, out_dir, callbacks=[self.check_polling_conditions])
-            for name, _ in machines
+            Machine(info.name, client, self.logger, out_dir, callbacks=[self.check_polling_conditions], info=info)
+            for info in machines
         ]
         self.machines_nspawn: list[Machine] = []
         self.vlans: list[VLan] = [VLan(nr) for nr in vlans]
-        self._python_names: dict[str, str] = dict(machines)
+        self._python_names: dict[str, str] = {info.name: info.python_name for info in machines}
         register_script_source(test_script_name, test_script)
 
     @property
@@ -914,6 +1011,7 @@ class Driver:
             serial_stdout_on=self.serial_stdout_on,
             polling_condition=self.polling_condition,
             BaseMachine=BaseMachine,
+            QemuMachine=QemuMachine,
             Machine=Machine,
             t=AssertionTester(),
             debug=self.debug,

@@ -113,7 +113,8 @@ pub fn load_evaluated_plan(
 }
 
 /// The machines of the old driver's flags: `--start-scripts` (names from the scripts' file names, up to nixpkgs
-/// 25.11) or `--vm-names` with `--vm-start-scripts` (2025 to early 2026).
+/// 25.11) or `--vm-start-scripts` with or without `--vm-names` (2025 to early 2026; without names, each comes from
+/// its script's `run-<name>-vm`, as nixpkgs' driver does).
 pub fn machines_from_flags(
     start_scripts: &[PathBuf],
     vm_names: &[String],
@@ -125,6 +126,22 @@ pub fn machines_from_flags(
                 "give --start-scripts or --vm-names with --vm-start-scripts, not both",
             ));
         }
+        if vm_names.is_empty() {
+            let machines = vm_start_scripts
+                .iter()
+                .map(|script| {
+                    let name = strict_machine_name(script).ok_or_else(|| {
+                        bad(format!(
+                            "cannot name the machine of start script {}: without --vm-names, a start script must be \
+                             named run-<name>-vm (as NixOS's are); give --vm-names",
+                            script.display()
+                        ))
+                    })?;
+                    Ok((name, script.clone()))
+                })
+                .collect::<Result<Vec<_>, BadInput>>()?;
+            return unique_names(machines);
+        }
         if vm_names.len() != vm_start_scripts.len() {
             return Err(bad(format!(
                 "the number of vm names and vm start scripts must be the same: {} names ({}) and {} start scripts",
@@ -133,29 +150,48 @@ pub fn machines_from_flags(
                 vm_start_scripts.len()
             )));
         }
-        return Ok(vm_names
-            .iter()
-            .cloned()
-            .zip(vm_start_scripts.iter().cloned())
-            .collect());
+        return unique_names(
+            vm_names
+                .iter()
+                .cloned()
+                .zip(vm_start_scripts.iter().cloned())
+                .collect(),
+        );
     }
-    Ok(start_scripts
-        .iter()
-        .map(|script| (machine_name_from_start_script(script), script.clone()))
-        .collect())
+    unique_names(
+        start_scripts
+            .iter()
+            .map(|script| (machine_name_from_start_script(script), script.clone()))
+            .collect(),
+    )
+}
+
+/// Two machines of one name would be one machine twice; nixpkgs' driver makes that mistake silently.
+fn unique_names(machines: Vec<(String, PathBuf)>) -> Result<Vec<(String, PathBuf)>, BadInput> {
+    let mut seen = std::collections::BTreeSet::new();
+    for (name, script) in &machines {
+        if !seen.insert(name) {
+            return Err(bad(format!(
+                "two machines are named `{name}` (the second from {}); give each start script its own name",
+                script.display()
+            )));
+        }
+    }
+    Ok(machines)
 }
 
 /// nixpkgs' rule: `run-(.+)-vm$`, else `machine`.
 fn machine_name_from_start_script(path: &Path) -> String {
-    let file = path
-        .file_name()
-        .map(|f| f.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    strict_machine_name(path).unwrap_or_else(|| "machine".to_owned())
+}
+
+/// The `<name>` of a start script named `run-<name>-vm`.
+fn strict_machine_name(path: &Path) -> Option<String> {
+    let file = path.file_name()?.to_string_lossy().into_owned();
     file.strip_prefix("run-")
         .and_then(|rest| rest.strip_suffix("-vm"))
         .filter(|name| !name.is_empty())
-        .unwrap_or("machine")
-        .to_owned()
+        .map(str::to_owned)
 }
 
 fn finish(
@@ -265,6 +301,43 @@ mod tests {
             machine_name_from_start_script(Path::new("/x/start")),
             "machine"
         );
+        assert_eq!(strict_machine_name(Path::new("/x/start")), None);
+        assert_eq!(strict_machine_name(Path::new("/x/run--vm")), None);
+        assert_eq!(
+            strict_machine_name(Path::new("/x/run-a-vm")).as_deref(),
+            Some("a")
+        );
+    }
+
+    #[test]
+    fn vm_start_scripts_alone_name_their_machines_or_say_which_cannot() {
+        let scripts = [
+            PathBuf::from("/s/run-server-vm"),
+            PathBuf::from("/s/run-client-vm"),
+        ];
+        let machines = machines_from_flags(&[], &[], &scripts).unwrap();
+        assert_eq!(
+            machines,
+            vec![
+                ("server".to_owned(), scripts[0].clone()),
+                ("client".to_owned(), scripts[1].clone())
+            ]
+        );
+        let err = machines_from_flags(&[], &[], &[PathBuf::from("/s/qemu.sh")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("/s/qemu.sh") && err.contains("--vm-names"),
+            "{err}"
+        );
+        let err = machines_from_flags(
+            &[PathBuf::from("/a/run-x-vm"), PathBuf::from("/b/run-x-vm")],
+            &[],
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("two machines are named `x`"), "{err}");
     }
 
     #[test]

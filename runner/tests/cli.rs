@@ -227,6 +227,53 @@ fn driver_configuration_with_legacy_flags() {
 }
 
 #[test]
+fn vm_start_scripts_without_names_are_named_by_their_file_names() {
+    // nixpkgs' driver of 2025-26 takes --vm-start-scripts alone and names each machine from `run-<name>-vm`.
+    let dir = tempfile::tempdir().unwrap();
+    write_start_script(dir.path(), "run-server-vm");
+    write_start_script(dir.path(), "run-client-vm");
+    write_start_script(dir.path(), "start-a");
+    std::fs::write(
+        dir.path().join("script.py"),
+        "t.assertEqual(sorted(m.name for m in machines), ['client', 'server'])\n\
+         t.assertEqual(server.start_command.machine_name, 'server')\n",
+    )
+    .unwrap();
+    let flags = [
+        "script.py",
+        "--vm-start-scripts",
+        "run-server-vm",
+        "run-client-vm",
+    ];
+    let out = testrig(dir.path(), &flags);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let refused = |scripts: &[&str], expected: &str| {
+        let mut args = vec!["script.py", "--vm-start-scripts"];
+        args.extend_from_slice(scripts);
+        let out = testrig(dir.path(), &args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        assert!(stderr.contains(expected), "{stderr}");
+    };
+    refused(
+        &["run-server-vm", "start-a"],
+        "cannot name the machine of start script start-a: without --vm-names, a start script must be named \
+         run-<name>-vm",
+    );
+    refused(
+        &["run-server-vm", "./run-server-vm"],
+        "two machines are named `server`",
+    );
+    assert!(!dir.path().join("STARTED").exists());
+}
+
+#[test]
 fn driver_flags_of_2025_name_the_machines() {
     // --vm-names with --vm-start-scripts (or the wrapper's env vars): the names need not match the file names.
     let dir = tempfile::tempdir().unwrap();

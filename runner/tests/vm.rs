@@ -527,3 +527,134 @@ fn send_console_and_console_interact_reach_the_serial_console() {
     assert_eq!(out.status.code(), Some(0), "{log}");
     assert!(log.contains("Terminal is ready"), "{log}");
 }
+
+/// A test script in the style of today's nixpkgs driver (mid-2026): durations as `timedelta`, the Machine
+/// attributes scripts read, renamed keywords; bare numbers still work and warn.
+const TODAYS_SCRIPT: &str = r#"
+from datetime import timedelta
+start_all()
+machine.wait_for_unit("multi-user.target", timeout=timedelta(minutes=5))
+t.assertTrue(machine.booted)
+t.assertTrue(machine.connected)
+t.assertIsInstance(machine.pid, int)
+t.assertEqual(machine.process.pid, machine.pid)
+t.assertIsNone(machine.process.poll())
+t.assertTrue(machine.state_dir.is_dir())
+t.assertTrue(machine.shell_path.exists())
+t.assertEqual(machine.qmp_path, machine.state_dir / "qmp")
+t.assertEqual(machine.start_command.machine_name, "machine")
+t.assertFalse(machine.keep_machine_state)
+t.assertEqual(machine.succeed("echo hi", timeout=timedelta(seconds=60)), "hi\n")
+t.assertEqual(machine.execute("exit 3", timeout=timedelta(seconds=60)), (3, ""))
+machine.sleep(timedelta(milliseconds=100))
+machine.sleep(secs=0.1)
+machine.wait_for_file("/etc/hostname", timeout=timedelta(seconds=60))
+machine.wait_until_succeeds("touch /tmp/ok", timeout=timedelta(seconds=60))
+machine.wait_until_fails("test -e /tmp/missing", timeout=timedelta(seconds=60))
+retry(lambda last: machine.succeed("test -e /tmp/ok") == "", timeout=timedelta(seconds=30))
+
+@polling_condition(interval=timedelta(seconds=1))
+def shell_answers():
+    machine.succeed("true")
+
+with shell_answers:
+    machine.succeed("true", timeout=timedelta(seconds=30))
+machine.succeed("true", timeout=30)
+try:
+    machine.succeed("true", timeout=True)
+except TypeError as e:
+    log.info(f"refused as nixpkgs does: {e}")
+else:
+    raise Exception("timeout=True was taken")
+machine.shutdown()
+t.assertFalse(machine.booted)
+t.assertEqual(machine.process.returncode, 0)
+"#;
+
+#[test]
+#[ignore = "boots VMs: run by tests/run-all"]
+fn todays_test_scripts_run_through_config_and_through_unnamed_vm_start_scripts() {
+    let scratch = tempfile::tempdir().unwrap();
+    let dir = scratch.path();
+    let start = repo().join("tests/examples/one-node/run-machine-vm");
+    // A start script named like NixOS's, so that --vm-start-scripts alone names the machine.
+    let named = dir.join("bin/run-machine-vm");
+    std::fs::create_dir_all(named.parent().unwrap()).unwrap();
+    std::os::unix::fs::symlink(&start, &named).unwrap();
+    let script = dir.join("test-script");
+    std::fs::write(&script, TODAYS_SCRIPT).unwrap();
+    let config = dir.join("driverConfiguration.json");
+    std::fs::write(
+        &config,
+        serde_json::json!({
+            "vms": {"machine": {"name": "machine", "start_script": named}},
+            "containers": {},
+            "vlans": [1],
+            "global_timeout": 900,
+            "enable_ssh_backdoor": false,
+            "test_script": script,
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let through_config = ["run", "--no-cache", "--config", config.to_str().unwrap()];
+    let through_flags = [
+        "run",
+        "--no-cache",
+        script.to_str().unwrap(),
+        "--vm-start-scripts",
+        named.to_str().unwrap(),
+        "--vlans",
+        "1",
+    ];
+    for args in [&through_config[..], &through_flags[..]] {
+        let out = run_in(dir, args);
+        let log = format!("{}{}", String::from_utf8_lossy(&out.stdout), stderr(&out));
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {log}");
+        assert!(
+            log.contains("refused as nixpkgs does: expected a duration, got bool: True"),
+            "{log}"
+        );
+        // The bare number warns once, naming the script's line, as nixpkgs' driver warns.
+        assert_eq!(
+            log.matches("succeed(): passing a bare int/float as a duration is deprecated")
+                .count(),
+            1,
+            "{log}"
+        );
+        assert!(
+            log.contains("sleep(): The 'secs' argument is deprecated"),
+            "{log}"
+        );
+        for pid in qemu_pids(&log) {
+            assert!(!alive(pid), "QEMU {pid} outlived the run");
+        }
+    }
+}
+
+#[test]
+#[ignore = "boots VMs: run by tests/run-all"]
+fn a_bad_duration_fails_the_test_cleanly_with_nixpkgs_type_error() {
+    let scratch = tempfile::tempdir().unwrap();
+    let plan = one_machine_plan(
+        scratch.path(),
+        "start_all()\nmachine.wait_for_unit('multi-user.target', timeout='5')\n",
+        10,
+    );
+    let out = run_in(
+        scratch.path(),
+        &["run", "--no-cache", plan.to_str().unwrap()],
+    );
+    let log = format!("{}{}", String::from_utf8_lossy(&out.stdout), stderr(&out));
+    assert_eq!(out.status.code(), Some(1), "{log}");
+    assert!(
+        log.contains("TypeError: expected a timedelta, int, or float duration, got str"),
+        "{log}"
+    );
+    assert!(log.contains("test.py:2"), "{log}");
+    let pids = qemu_pids(&log);
+    assert!(!pids.is_empty(), "start_all() started no QEMU: {log}");
+    for pid in pids {
+        assert!(!alive(pid), "QEMU {pid} outlived the run");
+    }
+}

@@ -178,6 +178,7 @@ async fn machine_op(session: &Session, m: &Machine, op: &str, args: &Args<'_>) -
         "shutdown" => m.shutdown().await.map(|_| Value::Null),
         "crash" => m.crash().await.map(|_| Value::Null),
         "is_up" => Ok(Value::Bool(m.is_up().await)),
+        "status" => Ok(json!(m.status().await)),
         "wait_for_shutdown" => m
             .wait_for_shutdown(Duration::from_secs_f64(
                 args.f64_or("timeout", DEFAULT_TIMEOUT)?,

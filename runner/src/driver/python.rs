@@ -6,6 +6,7 @@ use anyhow::{Context, Result};
 use serde_json::json;
 use tokio::process::Command;
 
+use crate::machine::VmConfig;
 use crate::process::GroupChild;
 use testrig_bridge::python_identifier;
 use tracing::Instrument;
@@ -17,7 +18,7 @@ pub struct PythonSetup<'a> {
     pub python: &'a str,
     pub run_dir: &'a Path,
     pub rpc_socket: &'a Path,
-    pub machines: Vec<&'a str>,
+    pub machines: Vec<&'a VmConfig>,
     pub vlans: &'a [u32],
     pub test_script_text: &'a str,
     pub test_script_name: &'a str,
@@ -38,7 +39,16 @@ pub fn spawn(setup: &PythonSetup) -> Result<GroupChild> {
     let machines: Vec<_> = setup
         .machines
         .iter()
-        .map(|name| json!({"name": name, "python_name": python_identifier(name)}))
+        .map(|config| {
+            json!({
+                "name": config.name,
+                "python_name": python_identifier(&config.name),
+                "start_command": config.start_script,
+                "state_dir": config.state_dir,
+                "shared_dir": config.shared_dir,
+                "keep_machine_state": config.keep_state,
+            })
+        })
         .collect();
     let session = json!({
         "protocol": "testrig-rpc/1",

@@ -110,12 +110,11 @@ pub async fn run_test(plan: &LoadedPlan, options: &RunOptions) -> Result<RunResu
     let rpc_socket = run_dir.path().join("rpc.sock");
     let server = rpc::serve(&rpc_socket, session.clone())
         .context("failed to open the Python bridge socket")?;
-    let machine_names: Vec<&str> = plan.start_scripts.keys().map(String::as_str).collect();
     let mut python = python::spawn(&PythonSetup {
         python: &options.python,
         run_dir: run_dir.path(),
         rpc_socket: &rpc_socket,
-        machines: machine_names,
+        machines: session.machines.values().map(|m| m.config()).collect(),
         vlans: &plan.plan.vlans,
         test_script_text: &plan.test_script_text,
         test_script_name: &plan.test_script_name,

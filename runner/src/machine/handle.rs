@@ -37,6 +37,19 @@ impl Default for Timeouts {
     }
 }
 
+/// The state of a machine's current (or last) boot, as a test script may read it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct MachineStatus {
+    /// QEMU's (the start script's) PID; `None` before the first start.
+    pub pid: Option<i32>,
+    /// QEMU is running.
+    pub booted: bool,
+    /// The backdoor shell has answered since this boot began.
+    pub connected: bool,
+    /// How QEMU ended, once it has: its exit code, or minus the signal that killed it.
+    pub exit_code: Option<i32>,
+}
+
 pub struct Machine {
     pub name: String,
     config: VmConfig,
@@ -55,6 +68,31 @@ impl Machine {
             timeouts,
             console: Arc::new(Console::default()),
             vm: Mutex::new(None),
+        }
+    }
+
+    pub fn config(&self) -> &VmConfig {
+        &self.config
+    }
+
+    /// What nixpkgs' Machine attributes `pid`, `booted` and `connected` say, read at this instant.
+    pub async fn status(&self) -> MachineStatus {
+        let Some(vm) = self.vm.lock().await.clone() else {
+            return MachineStatus::default();
+        };
+        let exit = vm.exit_status();
+        MachineStatus {
+            pid: Some(vm.pid),
+            booted: exit.is_none(),
+            // A locked shell is running a command, which it only does once connected.
+            connected: exit.is_none() && vm.shell.try_lock().map(|s| s.is_ready()).unwrap_or(true),
+            exit_code: exit.map(|status| {
+                use std::os::unix::process::ExitStatusExt;
+                // As Python's Popen.returncode: the code, or minus the signal that ended the process.
+                status
+                    .code()
+                    .unwrap_or_else(|| -status.signal().unwrap_or(0))
+            }),
         }
     }
 
