@@ -301,6 +301,68 @@ impl Machine {
             .map_err(|e| self.failure(format!("{e:#}")))
     }
 
+    /// The next event of the current boot's QMP connection not read yet, waiting up to `timeout`; `None` when none
+    /// came. A boot's events stay readable after QEMU exits (a `SHUTDOWN` after `poweroff`), until the next start;
+    /// once they are read, waiting for more is an error rather than a wait that cannot end.
+    pub async fn next_qmp_event(&self, timeout: Duration) -> OpResult<Option<serde_json::Value>> {
+        let Some(vm) = self.vm.lock().await.clone() else {
+            // nixpkgs' message; its QMP connection opens when the machine starts.
+            return Err(self.failure(
+                "QMP API is not ready yet, is the VM ready? (the machine has not been started)",
+            ));
+        };
+        vm.next_qmp_event(timeout)
+            .await
+            .map_err(|why| self.failure(format!("no more QMP events can come ({why})")))
+    }
+
+    /// nixpkgs' `shell_interact(address)`: the backdoor shell goes to `socat <address> FD:<socket>` until socat
+    /// ends (the visitor disconnected) or `deadline` passes; the driver's commands wait meanwhile. Afterwards the
+    /// shell is brought back in step (what the visitor left unread is skipped), so the script can go on.
+    pub async fn shell_interact(&self, address: &str, deadline: Duration) -> OpResult<()> {
+        let vm = self.ready_vm().await?;
+        let _section = self.section(format!("forwarding the backdoor shell to {address}"));
+        let mut shell = vm.shell.lock().await;
+        // Before anything can be cancelled: if this future is dropped half-way (Python gave up on the request),
+        // the next command still resyncs first.
+        shell.hand_over();
+        let forwarded = super::interact::socat(shell.socket_fd(), address, deadline)
+            .await
+            .map_err(|e| self.failure(format!("shell_interact: cannot run socat: {e}")))?;
+        let resync = tokio::time::timeout(Duration::from_secs(60), shell.resync()).await;
+        match resync {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                return Err(self.failure(format!(
+                    "the backdoor shell did not come back after shell_interact ({e}); was it ended with `exit`?"
+                )))
+            }
+            Err(_) => {
+                return Err(self.timeout(
+                    "the backdoor shell did not answer within 60 s after shell_interact (is a command the visitor \
+                     started still reading its input?)",
+                ))
+            }
+        }
+        match forwarded {
+            super::interact::Forwarded::Exited { status, stderr } => {
+                if status.success() || super::interact::visitor_left(&stderr) {
+                    if !stderr.is_empty() {
+                        self.log(&format!("socat: {stderr}"));
+                    }
+                    Ok(())
+                } else {
+                    Err(self.failure(format!(
+                        "shell_interact: socat {address} failed ({status}): {stderr}"
+                    )))
+                }
+            }
+            super::interact::Forwarded::TimedOut => Err(self.timeout(format!(
+                "shell_interact: socat {address} was still running after {deadline:?}; stopped it"
+            ))),
+        }
+    }
+
     /// Teardown at the end of a run: `sync` in a running guest (bounded), then terminate QEMU.
     pub async fn release(&self, sync_first: bool) {
         let Some(vm) = self.vm.lock().await.take() else {
