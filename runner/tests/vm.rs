@@ -655,3 +655,17 @@ fn shell_interact_hands_the_shell_to_a_socket_and_takes_it_back() {
         "{log}"
     );
 }
+
+#[test]
+#[ignore = "boots VMs: run by tests/run-all"]
+fn a_restarted_machine_keeps_its_disk() {
+    // nixpkgs empties a machine's state dir once per run, not at every start: a file written before shutdown() is
+    // there after start() (installer and upgrade tests rely on it).
+    let log = run_script_passes(
+        "machine.succeed('echo kept > /root/restart-file && sync')\n\
+         machine.shutdown()\n\
+         machine.start()\n\
+         t.assertEqual(machine.succeed('cat /root/restart-file'), 'kept\\n')\n",
+    );
+    assert_eq!(qemu_pids(&log).len(), 2, "{log}");
+}

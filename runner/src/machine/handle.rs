@@ -45,6 +45,9 @@ pub struct Machine {
     /// The current boot; `None` before the first start and after a shutdown. Held only to start or stop, never
     /// across a command.
     vm: Mutex<Option<Arc<RunningVm>>>,
+    /// Set by the first start: only that one empties the state dir (unless kept), as nixpkgs empties it once, when
+    /// it makes the machine, so a `shutdown()` and `start()` keep the disk.
+    started_before: std::sync::atomic::AtomicBool,
 }
 
 impl Machine {
@@ -55,6 +58,7 @@ impl Machine {
             timeouts,
             console: Arc::new(Console::default()),
             vm: Mutex::new(None),
+            started_before: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -83,7 +87,14 @@ impl Machine {
             }
         }
         let _section = self.section("starting vm");
-        let running = RunningVm::start(&self.config, allow_reboot, self.console.clone())
+        let restart = self
+            .started_before
+            .swap(true, std::sync::atomic::Ordering::SeqCst);
+        let config = VmConfig {
+            keep_state: self.config.keep_state || restart,
+            ..self.config.clone()
+        };
+        let running = RunningVm::start(&config, allow_reboot, self.console.clone())
             .await
             .map_err(|e| self.failure(format!("{e:#}")))?;
         self.log(&format!("QEMU running (pid {})", running.pid));
