@@ -344,9 +344,13 @@ impl Machine {
         match resync {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
+                let why = match vm.exit_status() {
+                    Some(status) => format!("QEMU exited ({status})"),
+                    None => "was it ended with `exit`?".to_owned(),
+                };
                 return Err(self.failure(format!(
-                    "the backdoor shell did not come back after shell_interact ({e}); was it ended with `exit`?"
-                )))
+                    "the backdoor shell did not come back after shell_interact ({e}); {why}"
+                )));
             }
             Err(_) => {
                 return Err(self.timeout(
