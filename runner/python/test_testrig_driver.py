@@ -688,8 +688,6 @@ class ProtocolTests(RunnerTestCase):
         self.assertEqual(commands, ["echo hi", "false"])
         self.assertIn("hi\n", out.getvalue())
         self.assertIn("[exit status 1]", out.getvalue())
-        with self.assertRaises(NotImplementedError):
-            m.shell_interact("tcp:127.0.0.1:4444")
 
     def test_each_thread_has_its_own_connection(self) -> None:
         release = threading.Event()
@@ -737,6 +735,165 @@ class ProtocolTests(RunnerTestCase):
         client = td.RpcClient(os.path.join(self.runner.dir, "nothing.sock"), on_lost=raise_lost)
         with self.assertRaisesRegex(LostConnection, "cannot connect"):
             client.connect()
+
+
+class MachineApiTests(RunnerTestCase):
+    """wait_for_qmp_event, create_machine and shell_interact(address): nixpkgs' semantics over the runner's ops."""
+
+    def events_handler(self, events: list[dict[str, Any]], seconds_per_call: float = 0.0) -> None:
+        """The runner's next_qmp_event: hands out `events` in order, then times out; each call takes
+        `seconds_per_call` of the fake clock."""
+        queue = list(events)
+
+        def handler(request: dict[str, Any]) -> Any:
+            if request["op"] != "next_qmp_event":
+                return DEFAULT_RESULTS.get(request["op"])
+            self.clock.now += seconds_per_call
+            if not queue:
+                raise RunnerError("timeout", "server: no QMP event within 1 seconds")
+            return queue.pop(0)
+
+        self.runner.handler = handler
+
+    def test_wait_for_qmp_event_consumes_events_until_the_filter_accepts_one(self) -> None:
+        events = [{"event": "RTC_CHANGE", "data": {}}, {"event": "STOP", "data": {}},
+                  {"event": "SHUTDOWN", "data": {"guest": True}}, {"event": "STOP", "data": {}}]
+        self.events_handler(events)
+        m = self.make_driver().machines[0]
+        seen: list[str] = []
+
+        def is_shutdown(event: dict[str, Any]) -> bool:
+            seen.append(event["event"])
+            return event["event"] == "SHUTDOWN"
+
+        got = m.wait_for_qmp_event(is_shutdown, timeout=dt.timedelta(seconds=30))
+        self.assertEqual(got, {"event": "SHUTDOWN", "data": {"guest": True}})
+        self.assertEqual(seen, ["RTC_CHANGE", "STOP", "SHUTDOWN"])
+        # The next wait starts after the consumed ones.
+        self.assertEqual(m.wait_for_qmp_event(lambda e: True)["event"], "STOP")
+        requests = [r for _, r in self.runner.requests if r["op"] == "next_qmp_event"]
+        self.assertEqual([r["machine"] for r in requests], ["server"] * 4)
+        self.assertEqual(requests[0]["args"], {"timeout": 30.0})
+        self.assertEqual(requests[-1]["args"], {"timeout": 600.0}, "nixpkgs' default is 10 minutes")
+
+    def test_wait_for_qmp_event_has_one_deadline_over_all_events(self) -> None:
+        # Each event takes 4 s to come; none is accepted; the wait ends once 10 s are over, asking for less each time.
+        self.events_handler([{"event": "STOP"}] * 10, seconds_per_call=4.0)
+        m = self.make_driver().machines[0]
+        with self.assertRaises(td.QmpEventTimeout) as caught:
+            m.wait_for_qmp_event(lambda e: False, timeout=dt.timedelta(seconds=10))
+        self.assertIsInstance(caught.exception, TimeoutError)
+        self.assertIsInstance(caught.exception, td.MachineError)
+        self.assertIn("within 10 seconds", str(caught.exception))
+        timeouts = [r["args"]["timeout"] for _, r in self.runner.requests if r["op"] == "next_qmp_event"]
+        self.assertEqual(timeouts, [10.0, 6.0, 2.0])
+
+    def test_wait_for_qmp_event_timeout_and_failure(self) -> None:
+        self.events_handler([])
+        m = self.make_driver().machines[0]
+        with self.assertRaises(TimeoutError):
+            m.wait_for_qmp_event(lambda e: True, timeout=dt.timedelta(seconds=1))
+
+        def failing(request: dict[str, Any]) -> Any:
+            raise RunnerError("failure", "server: QMP API is not ready yet, is the VM ready?")
+
+        self.runner.handler = failing
+        with self.assertRaises(td.MachineError) as caught:
+            m.wait_for_qmp_event(lambda e: True)
+        self.assertNotIsInstance(caught.exception, TimeoutError)
+        self.assertIn("QMP API is not ready yet", str(caught.exception))
+
+    def test_wait_for_qmp_event_durations_and_no_polling_conditions(self) -> None:
+        self.events_handler([{"event": "A"}, {"event": "B"}])
+        driver = self.make_driver()
+        m = driver.machines[0]
+        calls: list[int] = []
+
+        @driver.polling_condition(interval=dt.timedelta(0))
+        def never_checked() -> bool:
+            calls.append(1)
+            return False
+
+        with never_checked:
+            with self.assertWarnsRegex(Warning, "bare int/float"):
+                m.wait_for_qmp_event(lambda e: True, timeout=5)
+            with self.assertRaises(TypeError):
+                m.wait_for_qmp_event(lambda e: True, timeout=True)
+            with self.assertRaises(TypeError):
+                m.wait_for_qmp_event(lambda e: True, timeout="5")
+        self.assertEqual(calls, [], "nixpkgs' wait_for_qmp_event runs no polling conditions")
+
+    def test_create_machine_sends_the_command_and_returns_a_machine_of_the_runners_name(self) -> None:
+        def handler(request: dict[str, Any]) -> Any:
+            if request["op"] == "create_machine":
+                name = request["args"]["name"] or "target"
+                return {"name": name, "python_name": name, "start_command": request["args"]["start_command"],
+                        "state_dir": f"/run/t/vm-state-{name}", "shared_dir": "/run/t/shared-xchg",
+                        "keep_machine_state": request["args"]["keep_machine_state"]}
+            return DEFAULT_RESULTS.get(request["op"])
+
+        self.runner.handler = handler
+        driver = self.make_driver()
+        made = driver.create_machine("/vms/bin/run-target-vm")
+        self.assertEqual(self.runner.last("create_machine")["args"],
+                         {"start_command": "/vms/bin/run-target-vm", "name": None, "keep_machine_state": False})
+        self.assertIsInstance(made, td.Machine)
+        self.assertEqual(made.name, "target")
+        self.assertEqual((made.state_dir, made.start_command.machine_name), (Path("/run/t/vm-state-target"), "target"))
+        self.assertNotIn(made, driver.machines, "nixpkgs does not add it to machines")
+        made.succeed("true")
+        self.assertEqual(self.runner.last("succeed")["machine"], "target")
+
+        named = driver.create_machine("qemu-kvm -m 512", name="other", keep_machine_state=True)
+        self.assertEqual(named.name, "other")
+        self.assertIs(named.keep_machine_state, True)
+        self.assertEqual(self.runner.last("create_machine")["args"]["keep_machine_state"], True)
+        with self.assertWarnsRegex(Warning, "keep_vm_state"):
+            driver.create_machine("run-x-vm", name="x", keep_vm_state=True)
+        self.assertEqual(self.runner.last("create_machine")["args"]["keep_machine_state"], True)
+        with self.assertRaises(TypeError):
+            driver.create_machine("run-x-vm", keep_machine_state=True, keep_vm_state=True)
+        with self.assertRaises(TypeError):
+            driver.create_machine(["run-x-vm"])  # type: ignore[arg-type]
+
+    def test_create_machine_takes_the_old_dictionary(self) -> None:
+        self.runner.handler = lambda r: {"name": r["args"]["name"] or "machine"}
+        driver = self.make_driver()
+        with self.assertWarnsRegex(Warning, "dictionary"):
+            made = driver.create_machine({"startCommand": "run-y-vm", "name": "y", "keep_vm_state": True})
+        self.assertEqual(made.name, "y")
+        self.assertEqual(self.runner.last("create_machine")["args"],
+                         {"start_command": "run-y-vm", "name": "y", "keep_machine_state": True})
+        for bad in [{"name": "y"}, {"startCommand": "run-y-vm", "qemuFlags": "-m 1"}, {"startCommand": 3}]:
+            with self.subTest(bad=bad), self.assertRaises(TypeError):
+                driver.create_machine(bad)
+        with self.assertRaises(TypeError):
+            driver.create_machine({"startCommand": "run-y-vm"}, name="y")
+
+    def test_create_machine_errors_are_the_runners(self) -> None:
+        def handler(request: dict[str, Any]) -> Any:
+            raise RunnerError("bad_request", "create_machine: there is a machine named `server` already")
+
+        self.runner.handler = handler
+        with self.assertRaisesRegex(RuntimeError, "there is a machine named `server` already"):
+            self.make_driver().create_machine("run-server-vm")
+
+    def test_shell_interact_with_an_address_is_one_request_and_ctrl_c_ends_it_quietly(self) -> None:
+        driver = self.make_driver()
+        m = driver.machines[0]
+        calls: list[int] = []
+
+        @driver.polling_condition(interval=dt.timedelta(0))
+        def never_checked() -> bool:
+            calls.append(1)
+            return False
+
+        with never_checked:
+            m.shell_interact("unix-listen:/tmp/sh.sock")
+        self.assertEqual(self.runner.last("shell_interact")["args"], {"address": "unix-listen:/tmp/sh.sock"})
+        self.assertEqual(calls, [])
+        with mock.patch.object(td._Connection, "exchange", side_effect=KeyboardInterrupt):
+            m.shell_interact("tcp-listen:4444,reuseaddr")  # returns, as nixpkgs' does on Ctrl-C
 
 
 class GlobalsTests(RunnerTestCase):

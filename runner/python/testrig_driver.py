@@ -43,7 +43,14 @@ class RequestedAssertionFailed(TestScriptError):
 
 
 class MachineError(RequestedAssertionFailed):
-    """The runner reported a failed or timed-out machine operation; the message is the runner's."""
+    """The runner reported a failed or timed-out machine operation; the message is the runner's, `kind` its
+    error kind (`failure` or `timeout`)."""
+
+    kind = "failure"
+
+
+class QmpEventTimeout(MachineError, TimeoutError):
+    """`wait_for_qmp_event` saw no event its filter accepts in time. Also a TimeoutError, which nixpkgs raises."""
 
 
 class PollingConditionError(TestScriptError):
@@ -238,7 +245,9 @@ def _error_from_response(error: Any) -> Exception:
     kind = error.get("kind")
     message = str(error.get("message", ""))
     if kind in ("failure", "timeout"):
-        return MachineError(message)
+        error = MachineError(message)
+        error.kind = kind
+        return error
     if kind == "bad_request":
         return RuntimeError(f"testrig runner rejected the request: {message}")
     return RuntimeError(f"testrig runner error of unknown kind {kind!r}: {message}")
@@ -807,12 +816,20 @@ class Machine:
         self.execute(f"fold -w 80 /dev/vcs{tty} | systemd-cat")
 
     def shell_interact(self, address: str | None = None) -> None:
-        """A line-by-line shell in the guest for `-I` sessions: each line runs as one command through the
+        """With an `address` (a socat address such as `tcp-listen:4444,reuseaddr` or `unix-listen:/tmp/sh.sock`),
+        as in nixpkgs: the runner runs `socat <address> FD:<backdoor shell>`, so whoever connects there gets the
+        guest's raw root shell (no prompt, no echo) until they disconnect; the script waits meanwhile, and the
+        shell is usable by the script again afterwards (do not type `exit`: it ends the backdoor). Ctrl-C ends it.
+
+        Without an address, a line-by-line shell for `-I` sessions: each line runs as one command through the
         backdoor (its own `bash -c`, so `cd` and variables do not carry over) and its output and non-zero status
         are printed. Ctrl-D returns to the Python prompt."""
         if address is not None:
-            raise NotSupportedByTestrig("shell_interact(address): testrig does not forward the guest shell to "
-                                        "a socket; use shell_interact() at the -I prompt")
+            try:
+                self._call("shell_interact", {"address": address}, check_conditions=False)
+            except KeyboardInterrupt:
+                pass  # as in nixpkgs: a person ending the session does not end the test
+            return
         print(f"{self.name}: guest shell, one command per line; Ctrl-D returns to Python", flush=True)
         while True:
             try:
@@ -830,6 +847,28 @@ class Machine:
                 sys.stdout.write(f"[exit status {status}]\n")
             sys.stdout.flush()
 
+    def wait_for_qmp_event(self, event_filter: Callable[[dict[str, Any]], bool],
+                           timeout: Duration = DEFAULT_QMP_EVENT_TIMEOUT) -> dict[str, Any]:
+        """Wait for a QMP event (a dict with `event`, `data`, `timestamp`) that `event_filter` accepts and return it.
+        Events come in order from the QMP connection opened when the machine started (so one that happened before
+        this call, such as the `SHUTDOWN` of a `poweroff`, is still there); those the filter rejects are consumed,
+        as in nixpkgs. Raises QmpEventTimeout (a TimeoutError) after `timeout` (default 10 minutes), and
+        MachineError when the machine was never started or QEMU has exited and its events are all read."""
+        seconds = duration_seconds(timeout, "wait_for_qmp_event")
+        deadline = CLOCK.monotonic() + seconds
+        while True:
+            remaining = max(0.0, deadline - CLOCK.monotonic())
+            try:
+                event = self._call("next_qmp_event", {"timeout": remaining}, check_conditions=False)
+            except MachineError as e:
+                if e.kind != "timeout":
+                    raise
+                event = None
+            if event is not None and event_filter(event):
+                return event
+            if event is None or CLOCK.monotonic() >= deadline:
+                raise QmpEventTimeout(f"{self.name}: no QMP event the filter accepts within {seconds:g} seconds")
+
     # not supported yet
 
     wait_for_x = _unsupported("wait_for_x")
@@ -838,7 +877,6 @@ class Machine:
     get_screen_text = _unsupported("get_screen_text")
     get_screen_text_variants = _unsupported("get_screen_text_variants")
     wait_for_text = _unsupported("wait_for_text")
-    wait_for_qmp_event = _unsupported("wait_for_qmp_event")
     switch_root = _unsupported("switch_root")
     def console_interact(self) -> None:
         """Forwards what is typed to the serial console (QEMU's stdin) until Ctrl-D or Ctrl-C, as nixpkgs' does;
@@ -988,8 +1026,39 @@ class Driver:
     def serial_stdout_off(self) -> None:
         self.logger.print_serial_logs(False)
 
-    def create_machine(self, *args: Any, **kwargs: Any) -> NoReturn:
-        raise NotSupportedByTestrig("create_machine() is not supported by testrig yet: declare the machine as a node")
+    def create_machine(self, start_command: str | dict[str, Any], *, name: str | None = None,
+                       keep_machine_state: bool = False, keep_vm_state: bool | None = None) -> Machine:
+        """A QEMU machine started from `start_command`, a shell command line (the driver's QEMU arguments are
+        appended), as nixpkgs' `create_machine`: named `name`, else by `run-(.+)-vm$` in the command, else
+        `machine`; its state dir is emptied unless `keep_machine_state`. It is not started here, not in
+        `machines` (so `start_all` and `join_all` leave it alone) and checks no polling conditions, as in nixpkgs;
+        the runner stops it at the end of the run. `keep_vm_state` is the old name of `keep_machine_state`, and
+        the pre-24.05 form `create_machine({"startCommand": ..., "name": ..., "keep_vm_state": ...})` works too."""
+        if isinstance(start_command, dict):
+            if name is not None or keep_machine_state or keep_vm_state is not None:
+                raise TypeError("Dictionary passed to create_machine must be the only argument")
+            args = dict(start_command)
+            command = args.pop("startCommand", None)
+            if command is None:
+                raise TypeError("Dictionary passed to create_machine must contain startCommand")
+            name = args.pop("name", None)
+            keep_machine_state = bool(args.pop("keep_vm_state", False)) or bool(args.pop("keepVmState", False))
+            if args:
+                raise TypeError(f"Unsupported arguments passed to create_machine: {args}")
+            warnings.warn("create_machine() with a single dictionary argument is deprecated; use "
+                          "create_machine(start_command, name=..., keep_machine_state=...)", stacklevel=2)
+            start_command = command
+        elif keep_vm_state is not None:
+            keep_machine_state = renamed_keyword(keep_machine_state or None, keep_vm_state, "create_machine",
+                                                 "keep_machine_state", "keep_vm_state", False)
+        if not isinstance(start_command, str):
+            raise TypeError(f"startCommand must be a string, got: {start_command!r}")
+        if name is not None and not isinstance(name, str):
+            raise TypeError(f"name must be a string, got: {name!r}")
+        created = self.client.call("create_machine", {"start_command": start_command, "name": name,
+                                                      "keep_machine_state": bool(keep_machine_state)})
+        info = MachineInfo.from_session(created)
+        return Machine(info.name, self.client, self.logger, self.out_dir, callbacks=[], info=info)
 
     def test_symbols(self) -> dict[str, Any]:
         symbols: dict[str, Any] = dict(

@@ -658,3 +658,147 @@ fn a_bad_duration_fails_the_test_cleanly_with_nixpkgs_type_error() {
         assert!(!alive(pid), "QEMU {pid} outlived the run");
     }
 }
+
+/// Runs `script` as the one-machine test of `one_machine_plan` (a fresh result cache, so it always runs) and
+/// returns the run's log after checking it passed.
+fn run_script_passes(script: &str) -> String {
+    let scratch = tempfile::tempdir().unwrap();
+    let plan = one_machine_plan(scratch.path(), script, 11);
+    let out = run_in(
+        scratch.path(),
+        &["run", "--no-cache", plan.to_str().unwrap()],
+    );
+    let log = format!("{}{}", String::from_utf8_lossy(&out.stdout), stderr(&out));
+    assert_eq!(out.status.code(), Some(0), "{log}");
+    log
+}
+
+#[test]
+#[ignore = "boots VMs: run by tests/run-all"]
+fn wait_for_qmp_event_sees_the_shutdown_of_a_poweroff_after_qemu_exited() {
+    // The events are read from the QMP connection made when QEMU started, and stay there after QEMU exits: the
+    // script waits for the exit first, then asks for the event. Once they are all read, asking again is an error at
+    // once, not a ten-minute wait.
+    let log = run_script_passes(
+        "import datetime\n\
+         machine.succeed('true')\n\
+         machine.execute('poweroff', check_return=False)\n\
+         machine.wait_for_shutdown()\n\
+         seen = []\n\
+         def is_shutdown(event):\n    seen.append(event['event'])\n    return event['event'] == 'SHUTDOWN'\n\
+         event = machine.wait_for_qmp_event(is_shutdown, timeout=datetime.timedelta(minutes=2))\n\
+         print('QMP-EVENTS', seen, event)\n\
+         assert event['data']['guest'] is True, event\n\
+         try:\n    machine.wait_for_qmp_event(lambda e: False, timeout=datetime.timedelta(minutes=5))\n\
+         except Exception as e:\n    print('AFTER-THE-LAST', type(e).__name__, e)\n\
+         else:\n    raise AssertionError('an event after the last one')\n",
+    );
+    assert!(log.contains("QMP-EVENTS"), "{log}");
+    assert!(log.contains("'event': 'SHUTDOWN'"), "{log}");
+    assert!(
+        log.contains("AFTER-THE-LAST MachineError machine: no more QMP events can come"),
+        "{log}"
+    );
+}
+
+#[test]
+#[ignore = "boots VMs: run by tests/run-all"]
+fn create_machine_boots_a_start_command_and_leaves_no_qemu() {
+    // A node made inside the script from a NixOS-style start script (with a vlan, so QEMU_VDE_SOCKET_1 must reach
+    // it), run as a shell command line (`exec ...`), named from run-<name>-vm. The plan's own machine is never
+    // started, so only the created one boots.
+    let dir = tempfile::tempdir().unwrap();
+    let made = Command::new(repo().join("tests/guest/make-start-script"))
+        .args(["extra", "2", "1", "extra:2"])
+        .arg(dir.path().join("extra"))
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{}", stderr(&made));
+    let start = String::from_utf8(made.stdout).unwrap().trim().to_owned();
+    assert!(start.ends_with("/bin/run-extra-vm"), "{start}");
+    let log = run_script_passes(&format!(
+        "extra = create_machine('exec {start}')\n\
+         assert extra.name == 'extra', extra.name\n\
+         assert extra not in machines\n\
+         print('HOSTNAME', extra.succeed('hostname').strip())\n\
+         extra.succeed('ip link show eth1')\n\
+         assert extra.booted and extra.state_dir.is_dir() and extra.state_dir.name == 'vm-state-extra'\n\
+         assert extra.start_command.machine_name == 'extra', extra.start_command\n\
+         try:\n    create_machine('{start}')\n\
+         except RuntimeError as e:\n    print('SECOND', e)\n\
+         else:\n    raise AssertionError('a second machine named extra')\n"
+    ));
+    assert!(log.contains("HOSTNAME extra"), "{log}");
+    assert!(
+        log.contains("there is a machine named `extra` already"),
+        "{log}"
+    );
+    let pids: BTreeSet<i32> = qemu_pids(&log).into_iter().collect();
+    assert_eq!(pids.len(), 1, "only the created machine boots: {log}");
+    assert_all_gone(&pids, Duration::from_secs(1));
+}
+
+#[test]
+#[ignore = "boots VMs: run by tests/run-all"]
+fn shell_interact_hands_the_shell_to_a_socket_and_takes_it_back() {
+    // A visitor (a thread of the script) connects to the socat address, runs a command, reads its line and leaves;
+    // then the script's own commands work again.
+    let sockets = tempfile::tempdir().unwrap();
+    let path = sockets.path().join("sh.sock");
+    let log = run_script_passes(&format!(
+        "import socket, threading, time\n\
+         machine.succeed('true')\n\
+         got = []\n\
+         def visitor():\n\
+         \x20   deadline = time.monotonic() + 120\n\
+         \x20   while True:\n\
+         \x20       s = socket.socket(socket.AF_UNIX)\n\
+         \x20       try:\n\
+         \x20           s.connect('{path}')\n\
+         \x20           break\n\
+         \x20       except OSError:\n\
+         \x20           s.close()\n\
+         \x20           if time.monotonic() > deadline: raise\n\
+         \x20           time.sleep(0.1)\n\
+         \x20   s.settimeout(120)\n\
+         \x20   s.sendall(b'echo hi-from-socat $((6 * 7))\\n')\n\
+         \x20   data = b''\n\
+         \x20   while not data.endswith(b'\\n'):\n\
+         \x20       chunk = s.recv(100)\n\
+         \x20       if not chunk: break\n\
+         \x20       data += chunk\n\
+         \x20   got.append(data)\n\
+         \x20   s.close()\n\
+         thread = threading.Thread(target=visitor)\n\
+         thread.start()\n\
+         machine.shell_interact('unix-listen:{path}')\n\
+         thread.join(120)\n\
+         print('VISITOR-GOT', got)\n\
+         assert got == [b'hi-from-socat 42\\n'], got\n\
+         t.assertEqual(machine.succeed('echo back'), 'back\\n')\n\
+         machine.succeed('true')\n",
+        path = path.display()
+    ));
+    assert!(
+        log.contains("VISITOR-GOT [b'hi-from-socat 42\\n']"),
+        "{log}"
+    );
+    assert!(
+        log.contains("forwarding the backdoor shell to unix-listen:"),
+        "{log}"
+    );
+}
+
+#[test]
+#[ignore = "boots VMs: run by tests/run-all"]
+fn a_restarted_machine_keeps_its_disk() {
+    // nixpkgs empties a machine's state dir once per run, not at every start: a file written before shutdown() is
+    // there after start() (installer and upgrade tests rely on it).
+    let log = run_script_passes(
+        "machine.succeed('echo kept > /root/restart-file && sync')\n\
+         machine.shutdown()\n\
+         machine.start()\n\
+         t.assertEqual(machine.succeed('cat /root/restart-file'), 'kept\\n')\n",
+    );
+    assert_eq!(qemu_pids(&log).len(), 2, "{log}");
+}

@@ -13,6 +13,8 @@ use crate::machine::{shell_quote, Machine, OpError, OpResult};
 
 /// nixpkgs' default for every wait.
 const DEFAULT_TIMEOUT: f64 = 900.0;
+/// nixpkgs' default for `wait_for_qmp_event`.
+const DEFAULT_QMP_EVENT_TIMEOUT: f64 = 600.0;
 
 #[derive(Debug, Deserialize)]
 pub struct Request {
@@ -81,7 +83,7 @@ pub async fn dispatch(session: &Session, request: &Request) -> OpResult<Value> {
             let machine = session.machine(name).ok_or_else(|| {
                 OpError::BadRequest(format!("no machine named `{name}` in this test"))
             })?;
-            machine_op(session, machine, &request.op, &args).await
+            machine_op(session, &machine, &request.op, &args).await
         }
     }
 }
@@ -155,6 +157,18 @@ async fn global_op(session: &Session, op: &str, args: &Args<'_>) -> OpResult<Val
                  timeout is stopped; Ctrl-D ends the run)"
             );
             Ok(Value::Null)
+        }
+        "create_machine" => {
+            let machine = session.create_machine(
+                args.str("start_command")?,
+                args.opt_str("name"),
+                args.bool_or("keep_machine_state", false),
+            )?;
+            machine.log(&format!(
+                "created from the start command `{}`",
+                args.str("start_command")?
+            ));
+            Ok(super::python::machine_info(machine.config()))
         }
         "result" => {
             *session.result.lock().unwrap() = Some(ScriptResult {
@@ -343,6 +357,25 @@ async fn machine_op(session: &Session, m: &Machine, op: &str, args: &Args<'_>) -
                 m.monitor_command(&format!("sendkey {key}")).await?;
             }
             Ok(Value::Null)
+        }
+        "shell_interact" => {
+            // Waits on a person: bounded by the run's global timeout (a day at the -I prompt, which has none).
+            let deadline = session
+                .global_timeout
+                .unwrap_or(Duration::from_secs(24 * 3600));
+            m.shell_interact(args.str("address")?, deadline)
+                .await
+                .map(|_| Value::Null)
+        }
+        "next_qmp_event" => {
+            let timeout = args.f64_or("timeout", DEFAULT_QMP_EVENT_TIMEOUT)?.max(0.0);
+            match m.next_qmp_event(Duration::from_secs_f64(timeout)).await? {
+                Some(event) => Ok(event),
+                None => Err(OpError::Timeout(format!(
+                    "{}: no QMP event within {timeout} seconds",
+                    m.name
+                ))),
+            }
         }
         other => Err(OpError::BadRequest(format!(
             "`{other}` is not supported by testrig yet"

@@ -29,6 +29,22 @@ pub struct PythonSetup<'a> {
     pub debug_on_failure: bool,
 }
 
+/// What Python's Machine object knows of a machine from the start (PROTOCOL.md, the session's `machines`).
+pub fn machine_info(config: &VmConfig) -> serde_json::Value {
+    let start_command = match &config.start_command {
+        Some(line) => line.clone(),
+        None => config.start_script.display().to_string(),
+    };
+    json!({
+        "name": config.name,
+        "python_name": python_identifier(&config.name),
+        "start_command": start_command,
+        "state_dir": config.state_dir,
+        "shared_dir": config.shared_dir,
+        "keep_machine_state": config.keep_state,
+    })
+}
+
 /// Writes the driver module, the script and the session file into the run dir and starts Python.
 pub fn spawn(setup: &PythonSetup) -> Result<GroupChild> {
     let module = setup.run_dir.join("testrig_driver.py");
@@ -39,16 +55,7 @@ pub fn spawn(setup: &PythonSetup) -> Result<GroupChild> {
     let machines: Vec<_> = setup
         .machines
         .iter()
-        .map(|config| {
-            json!({
-                "name": config.name,
-                "python_name": python_identifier(&config.name),
-                "start_command": config.start_script,
-                "state_dir": config.state_dir,
-                "shared_dir": config.shared_dir,
-                "keep_machine_state": config.keep_state,
-            })
-        })
+        .map(|config| machine_info(config))
         .collect();
     let session = json!({
         "protocol": "testrig-rpc/1",

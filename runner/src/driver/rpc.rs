@@ -34,7 +34,18 @@ async fn serve_connection(stream: UnixStream, session: Arc<Session>) {
         let response = match serde_json::from_str::<Request>(&line) {
             Ok(request) => {
                 tracing::trace!(op = %request.op, machine = ?request.machine, "python request");
-                match dispatch(&session, &request).await {
+                let result = if request.op == "shell_interact" {
+                    // Only this op ends when Python gives up on it (Ctrl-C at the -I prompt closes the connection):
+                    // it waits on a person, and dropping it stops socat, after which the next command resyncs the
+                    // shell. Other ops run to their end, so the guest shell stays in step.
+                    tokio::select! {
+                        result = dispatch(&session, &request) => result,
+                        _ = lines.next_line() => break,
+                    }
+                } else {
+                    dispatch(&session, &request).await
+                };
+                match result {
                     Ok(result) => json!({"id": request.id, "ok": result}),
                     Err(e) => {
                         json!({"id": request.id, "error": {"kind": e.kind(), "message": e.to_string()}})

@@ -10,7 +10,7 @@ use tokio::signal::unix::{signal, SignalKind};
 
 use super::python::{self, PythonSetup};
 use super::rpc;
-use super::session::{Session, SubtestRecord};
+use super::session::{MachineSetup, Session, SubtestRecord};
 use crate::log;
 use crate::machine::{Machine, Timeouts, VmConfig};
 use crate::plan_load::LoadedPlan;
@@ -88,6 +88,7 @@ pub async fn run_test(plan: &LoadedPlan, options: &RunOptions) -> Result<RunResu
             let config = VmConfig {
                 name: name.clone(),
                 start_script: script.clone(),
+                start_command: None,
                 state_dir: kept
                     .cloned()
                     .unwrap_or_else(|| run_dir.path().join(format!("vm-state-{name}"))),
@@ -101,11 +102,17 @@ pub async fn run_test(plan: &LoadedPlan, options: &RunOptions) -> Result<RunResu
             )
         })
         .collect();
-    let session = Arc::new(Session::new(
-        machines,
-        options.out_dir.clone(),
-        shared_dir.clone(),
-    ));
+    let global_timeout = Duration::from_secs(plan.plan.global_timeout);
+    let session = Arc::new(
+        Session::new(machines, options.out_dir.clone(), shared_dir.clone()).with_machine_setup(
+            MachineSetup {
+                run_dir: run_dir.path().to_owned(),
+                vde_sockets: vde_sockets.clone(),
+                timeouts: options.timeouts,
+            },
+            (!options.interactive).then_some(global_timeout),
+        ),
+    );
 
     let rpc_socket = run_dir.path().join("rpc.sock");
     let server = rpc::serve(&rpc_socket, session.clone())
@@ -126,7 +133,6 @@ pub async fn run_test(plan: &LoadedPlan, options: &RunOptions) -> Result<RunResu
     // With a prompt possible, Python has the terminal and takes Ctrl-C itself.
     let foreground = options.interactive || options.debug_on_failure;
     let output = python::forward_output(&mut python);
-    let global_timeout = Duration::from_secs(plan.plan.global_timeout);
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
     let outcome = tokio::select! {
@@ -190,7 +196,9 @@ async fn teardown(
     let _ = python.terminate(TERMINATE_GRACE).await;
     server.abort();
     let sync = matches!(outcome, Outcome::Passed | Outcome::Failed(_));
-    let releases = session.machines.values().map(|m| m.release(sync));
+    // The script's own machines (`create_machine`) too; the list is taken once, Python is gone, so no more come.
+    let machines = session.all_machines();
+    let releases = machines.iter().map(|m| m.release(sync));
     futures::future::join_all(releases).await;
     for switch in switches {
         switch.stop().await;

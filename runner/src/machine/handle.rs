@@ -58,6 +58,9 @@ pub struct Machine {
     /// The current boot; `None` before the first start and after a shutdown. Held only to start or stop, never
     /// across a command.
     vm: Mutex<Option<Arc<RunningVm>>>,
+    /// Set by the first start: only that one empties the state dir (unless kept), as nixpkgs empties it once, when
+    /// it makes the machine, so a `shutdown()` and `start()` keep the disk.
+    started_before: std::sync::atomic::AtomicBool,
 }
 
 impl Machine {
@@ -68,6 +71,7 @@ impl Machine {
             timeouts,
             console: Arc::new(Console::default()),
             vm: Mutex::new(None),
+            started_before: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -121,7 +125,14 @@ impl Machine {
             }
         }
         let _section = self.section("starting vm");
-        let running = RunningVm::start(&self.config, allow_reboot, self.console.clone())
+        let restart = self
+            .started_before
+            .swap(true, std::sync::atomic::Ordering::SeqCst);
+        let config = VmConfig {
+            keep_state: self.config.keep_state || restart,
+            ..self.config.clone()
+        };
+        let running = RunningVm::start(&config, allow_reboot, self.console.clone())
             .await
             .map_err(|e| self.failure(format!("{e:#}")))?;
         self.log(&format!("QEMU running (pid {})", running.pid));
@@ -337,6 +348,72 @@ impl Machine {
             .await
             .map_err(|_| self.timeout(format!("QMP `{command}` got no reply")))?
             .map_err(|e| self.failure(format!("{e:#}")))
+    }
+
+    /// The next event of the current boot's QMP connection not read yet, waiting up to `timeout`; `None` when none
+    /// came. A boot's events stay readable after QEMU exits (a `SHUTDOWN` after `poweroff`), until the next start;
+    /// once they are read, waiting for more is an error rather than a wait that cannot end.
+    pub async fn next_qmp_event(&self, timeout: Duration) -> OpResult<Option<serde_json::Value>> {
+        let Some(vm) = self.vm.lock().await.clone() else {
+            // nixpkgs' message; its QMP connection opens when the machine starts.
+            return Err(self.failure(
+                "QMP API is not ready yet, is the VM ready? (the machine has not been started)",
+            ));
+        };
+        vm.next_qmp_event(timeout)
+            .await
+            .map_err(|why| self.failure(format!("no more QMP events can come ({why})")))
+    }
+
+    /// nixpkgs' `shell_interact(address)`: the backdoor shell goes to `socat <address> FD:<socket>` until socat
+    /// ends (the visitor disconnected) or `deadline` passes; the driver's commands wait meanwhile. Afterwards the
+    /// shell is brought back in step (what the visitor left unread is skipped), so the script can go on.
+    pub async fn shell_interact(&self, address: &str, deadline: Duration) -> OpResult<()> {
+        let vm = self.ready_vm().await?;
+        let _section = self.section(format!("forwarding the backdoor shell to {address}"));
+        let mut shell = vm.shell.lock().await;
+        // Before anything can be cancelled: if this future is dropped half-way (Python gave up on the request),
+        // the next command still resyncs first.
+        shell.hand_over();
+        let forwarded = super::interact::socat(shell.socket_fd(), address, deadline)
+            .await
+            .map_err(|e| self.failure(format!("shell_interact: cannot run socat: {e}")))?;
+        let resync = tokio::time::timeout(Duration::from_secs(60), shell.resync()).await;
+        match resync {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                let why = match vm.exit_status() {
+                    Some(status) => format!("QEMU exited ({status})"),
+                    None => "was it ended with `exit`?".to_owned(),
+                };
+                return Err(self.failure(format!(
+                    "the backdoor shell did not come back after shell_interact ({e}); {why}"
+                )));
+            }
+            Err(_) => {
+                return Err(self.timeout(
+                    "the backdoor shell did not answer within 60 s after shell_interact (is a command the visitor \
+                     started still reading its input?)",
+                ))
+            }
+        }
+        match forwarded {
+            super::interact::Forwarded::Exited { status, stderr } => {
+                if status.success() || super::interact::visitor_left(&stderr) {
+                    if !stderr.is_empty() {
+                        self.log(&format!("socat: {stderr}"));
+                    }
+                    Ok(())
+                } else {
+                    Err(self.failure(format!(
+                        "shell_interact: socat {address} failed ({status}): {stderr}"
+                    )))
+                }
+            }
+            super::interact::Forwarded::TimedOut => Err(self.timeout(format!(
+                "shell_interact: socat {address} was still running after {deadline:?}; stopped it"
+            ))),
+        }
     }
 
     /// Teardown at the end of a run: `sync` in a running guest (bounded), then terminate QEMU.

@@ -4,6 +4,7 @@ mod accel;
 mod console;
 mod error;
 mod handle;
+mod interact;
 mod monitor;
 mod qmp;
 mod shell;

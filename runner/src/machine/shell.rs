@@ -43,6 +43,9 @@ pub struct Shell<R, W> {
     writer: W,
     ready: bool,
     framing: Framing,
+    /// Something other than this driver used the connection (`shell_interact(address)`): before the next command,
+    /// what it left unread is skipped (`resync`).
+    needs_resync: bool,
 }
 
 impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Shell<R, W> {
@@ -52,6 +55,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Shell<R, W> {
             writer,
             ready: false,
             framing,
+            needs_resync: false,
         }
     }
 
@@ -80,6 +84,43 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Shell<R, W> {
         Ok(())
     }
 
+    /// The connection is about to be used by someone else (`shell_interact(address)`): what is buffered here is
+    /// theirs to see, and the next command first skips whatever they leave unread. Set before handing the
+    /// connection over, so that an interaction that is cancelled half-way still leaves the shell usable.
+    pub fn hand_over(&mut self) {
+        let buffered = self.reader.buffer().len();
+        self.reader.consume(buffered);
+        self.needs_resync = true;
+    }
+
+    /// Brings the connection back in step after someone else used it: sends a line that prints a fresh marker and
+    /// skips everything up to the marker's line (output the other user left unread, and the marker command's own
+    /// echo if the tty echoes: the command's text is not the marker). The caller bounds this with a deadline.
+    pub async fn resync(&mut self) -> io::Result<()> {
+        let token = format!(
+            "{}-{}",
+            std::process::id(),
+            RESYNC_COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        );
+        self.send(&format!("printf 'testrig-resync-%s\\n' {token}"))
+            .await?;
+        let marker = format!("testrig-resync-{token}");
+        loop {
+            let line = self.read_reply_line().await?;
+            if line == marker {
+                self.needs_resync = false;
+                return Ok(());
+            }
+        }
+    }
+
+    async fn resync_if_needed(&mut self) -> io::Result<()> {
+        if self.needs_resync {
+            self.resync().await?;
+        }
+        Ok(())
+    }
+
     /// Runs `command` under `set -euo pipefail`, optionally with a guest-side `timeout` (exit status 124 when it
     /// fires). The caller bounds the call with a host-side deadline, since a command that leaves its stdout open
     /// (a daemon started without redirection) never lets the reply finish.
@@ -88,6 +129,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Shell<R, W> {
         command: &str,
         guest_timeout_secs: Option<f64>,
     ) -> io::Result<CommandOutput> {
+        self.resync_if_needed().await?;
         let stdout = match self.framing {
             Framing::OneRoundTrip => {
                 self.send(&output_and_status_line(command, guest_timeout_secs))
@@ -115,6 +157,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Shell<R, W> {
         command: &str,
         guest_timeout_secs: Option<f64>,
     ) -> io::Result<Vec<u8>> {
+        self.resync_if_needed().await?;
         self.send(&output_line(command, guest_timeout_secs)).await?;
         self.read_output().await
     }
@@ -177,6 +220,18 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Shell<R, W> {
             .to_owned())
     }
 }
+
+impl<W> Shell<tokio::net::unix::OwnedReadHalf, W> {
+    /// The socket of the connection, to hand to another process (`shell_interact(address)`).
+    pub fn socket_fd(&self) -> std::os::fd::RawFd {
+        use std::os::fd::AsRawFd;
+        let stream: &tokio::net::UnixStream = self.reader.get_ref().as_ref();
+        stream.as_raw_fd()
+    }
+}
+
+/// Makes each resync marker of the process unique.
+static RESYNC_COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// The width of testrig's base64 lines (`base64 -w 76`).
 const WRAP: usize = 76;

@@ -31,12 +31,26 @@ const CONNECT_DEADLINE: Duration = Duration::from_secs(60);
 pub struct VmConfig {
     pub name: String,
     pub start_script: PathBuf,
+    /// Set for a machine the script made (`create_machine`): the start command as the script gave it, a shell
+    /// command line as in nixpkgs, run by `sh -c` with the driver's arguments appended as arguments (never
+    /// spliced into the line); `start_script` is then unused.
+    pub start_command: Option<String>,
     pub state_dir: PathBuf,
     pub shared_dir: PathBuf,
     /// `(vlan, vde switch socket dir)` for every vlan of the run, as `QEMU_VDE_SOCKET_<vlan>`.
     pub vde_sockets: Vec<(u32, PathBuf)>,
     /// Keep the state dir (and so the disk) from an earlier boot.
     pub keep_state: bool,
+}
+
+impl VmConfig {
+    /// What starts QEMU, for messages.
+    fn describe_start(&self) -> String {
+        match &self.start_command {
+            None => format!("the start script {}", self.start_script.display()),
+            Some(line) => format!("the start command `{line}`"),
+        }
+    }
 }
 
 pub type ShellConn = Shell<OwnedReadHalf, OwnedWriteHalf>;
@@ -47,8 +61,8 @@ pub struct RunningVm {
     /// QEMU's stdin: the serial console's input (`-serial stdio`), for `send_console`.
     pub serial_input: Mutex<Option<tokio::process::ChildStdin>>,
     pub monitor: Mutex<Monitor<UnixStream>>,
-    qmp: Mutex<Option<Qmp>>,
-    qmp_path: PathBuf,
+    /// Connected when QEMU has started, so its events are queued from the start of the boot.
+    qmp: Qmp,
     pub pid: i32,
     exited: watch::Receiver<Option<ExitStatus>>,
     terminate: std::sync::Mutex<Option<oneshot::Sender<()>>>,
@@ -74,7 +88,14 @@ impl RunningVm {
         let shell_listener = UnixListener::bind(&shell_path)
             .with_context(|| format!("failed to listen on {}", shell_path.display()))?;
 
-        let mut command = Command::new(&config.start_script);
+        let mut command = match &config.start_command {
+            None => Command::new(&config.start_script),
+            Some(line) => {
+                let mut sh = Command::new("/bin/sh");
+                sh.arg("-c").arg(format!("{line} \"$@\"")).arg("sh");
+                sh
+            }
+        };
         command
             .args(driver_arguments(&config.state_dir, allow_reboot))
             .current_dir(&config.state_dir)
@@ -88,12 +109,7 @@ impl RunningVm {
             command.env(format!("QEMU_VDE_SOCKET_{vlan}"), socket);
         }
         let mut process = GroupChild::spawn(&mut command, format!("QEMU of {}", config.name))
-            .with_context(|| {
-                format!(
-                    "failed to run start script {}",
-                    config.start_script.display()
-                )
-            })?;
+            .with_context(|| format!("failed to run {}", config.describe_start()))?;
         let pid = process.pid();
         tracing::debug!(machine = %config.name, pid, "start script running");
 
@@ -122,21 +138,25 @@ impl RunningVm {
                 Err(_) => bail!("QEMU did not connect to the monitor and shell sockets within {CONNECT_DEADLINE:?}"),
             },
             status = wait_exit(vm_exit) => bail!(
-                "the start script {} exited ({status}) before QEMU connected; its output is in the log above",
-                config.start_script.display()
+                "{} exited ({status}) before QEMU connected; its output is in the log above",
+                config.describe_start()
             ),
         };
         let monitor = tokio::time::timeout(CONNECT_DEADLINE, Monitor::connect(monitor))
             .await
             .context("QEMU's monitor gave no prompt")?
             .context("failed to read QEMU's monitor prompt")?;
+        // QEMU created the QMP socket (`-qmp` comes first) before it connected to the monitor, which answered.
+        let qmp = tokio::time::timeout(CONNECT_DEADLINE, Qmp::connect(&qmp_path))
+            .await
+            .context("QEMU's QMP socket gave no greeting")?
+            .with_context(|| format!("failed to connect to QMP at {}", qmp_path.display()))?;
         let (read, write) = shell.into_split();
         Ok(RunningVm {
             shell: Mutex::new(Shell::new(read, write, Framing::from_env())),
             serial_input: Mutex::new(serial_input),
             monitor: Mutex::new(monitor),
-            qmp: Mutex::new(None),
-            qmp_path,
+            qmp,
             pid,
             exited,
             terminate: std::sync::Mutex::new(Some(terminate_tx)),
@@ -160,25 +180,21 @@ impl RunningVm {
         self.wait_exit().await
     }
 
-    /// Runs a QMP command, connecting on first use.
+    /// Runs a QMP command.
     pub async fn qmp(
         &self,
         command: &str,
         arguments: serde_json::Value,
     ) -> Result<serde_json::Value> {
-        let mut qmp = self.qmp.lock().await;
-        if qmp.is_none() {
-            *qmp = Some(
-                Qmp::connect(&self.qmp_path)
-                    .await
-                    .context("failed to connect to QMP")?,
-            );
-        }
-        Ok(qmp
-            .as_mut()
-            .expect("connected")
-            .execute(command, arguments)
-            .await?)
+        Ok(self.qmp.execute(command, arguments).await?)
+    }
+
+    /// The next QMP event of this boot not read yet (see `Qmp::next_event`).
+    pub async fn next_qmp_event(
+        &self,
+        timeout: Duration,
+    ) -> Result<Option<serde_json::Value>, String> {
+        self.qmp.next_event(timeout).await
     }
 }
 
