@@ -4,9 +4,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
-use serde::Deserialize;
 use serde_json::{json, Value};
 
+use super::request::{GlobalOp, MachineOp, Request, Seconds};
 use super::session::{ScriptResult, Session, SubtestRecord};
 use crate::log::{self, Section};
 use crate::machine::{shell_quote, Machine, OpError, OpResult};
@@ -16,81 +16,33 @@ const DEFAULT_TIMEOUT: f64 = 900.0;
 /// nixpkgs' default for `wait_for_qmp_event`.
 const DEFAULT_QMP_EVENT_TIMEOUT: f64 = 600.0;
 
-#[derive(Debug, Deserialize)]
-pub struct Request {
-    pub id: u64,
-    pub op: String,
-    #[serde(default)]
-    pub machine: Option<String>,
-    #[serde(default)]
-    pub args: Value,
-}
-
-struct Args<'a>(&'a Value);
-
-impl Args<'_> {
-    fn get(&self, name: &str) -> Option<&Value> {
-        self.0.get(name).filter(|v| !v.is_null())
-    }
-    fn str(&self, name: &str) -> OpResult<&str> {
-        self.get(name)
-            .and_then(Value::as_str)
-            .ok_or_else(|| OpError::BadRequest(format!("argument `{name}` must be a string")))
-    }
-    fn opt_str(&self, name: &str) -> Option<&str> {
-        self.get(name).and_then(Value::as_str)
-    }
-    fn opt_f64(&self, name: &str) -> OpResult<Option<f64>> {
-        match self.get(name) {
-            None => Ok(None),
-            Some(v) => v
-                .as_f64()
-                .map(Some)
-                .ok_or_else(|| OpError::BadRequest(format!("argument `{name}` must be a number"))),
-        }
-    }
-    fn f64_or(&self, name: &str, default: f64) -> OpResult<f64> {
-        Ok(self.opt_f64(name)?.unwrap_or(default))
-    }
-    fn bool_or(&self, name: &str, default: bool) -> bool {
-        self.get(name).and_then(Value::as_bool).unwrap_or(default)
-    }
-    fn port(&self, name: &str) -> OpResult<u16> {
-        self.get(name)
-            .and_then(Value::as_u64)
-            .and_then(|p| u16::try_from(p).ok())
-            .ok_or_else(|| OpError::BadRequest(format!("argument `{name}` must be a port number")))
-    }
-    fn strings(&self, name: &str) -> OpResult<Vec<String>> {
-        self.get(name)
-            .and_then(Value::as_array)
-            .and_then(|a| a.iter().map(|v| v.as_str().map(str::to_owned)).collect())
-            .ok_or_else(|| {
-                OpError::BadRequest(format!("argument `{name}` must be a list of strings"))
-            })
-    }
-}
-
 fn b64(bytes: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
-pub async fn dispatch(session: &Session, request: &Request) -> OpResult<Value> {
-    let args = Args(&request.args);
-    match &request.machine {
-        None => global_op(session, &request.op, &args).await,
-        Some(name) => {
-            let machine = session.machine(name).ok_or_else(|| {
+fn done(_: ()) -> Value {
+    Value::Null
+}
+
+fn seconds_or(timeout: Seconds, default: f64) -> f64 {
+    timeout.unwrap_or(default)
+}
+
+pub async fn dispatch(session: &Session, request: Request) -> OpResult<Value> {
+    match request {
+        Request::Global(op) => global_op(session, op).await,
+        Request::Machine { name, op } => {
+            let machine = session.machine(&name).ok_or_else(|| {
                 OpError::BadRequest(format!("no machine named `{name}` in this test"))
             })?;
-            machine_op(session, &machine, &request.op, &args).await
+            machine_op(session, &machine, op).await
         }
     }
 }
 
-async fn global_op(session: &Session, op: &str, args: &Args<'_>) -> OpResult<Value> {
+async fn global_op(session: &Session, op: GlobalOp) -> OpResult<Value> {
     match op {
-        "start_all" => {
+        GlobalOp::StartAll {} => {
             let _section = Section::begin(None, "starting all VMs");
             let starts = session.machines.values().map(|m| m.start(false));
             for result in futures::future::join_all(starts).await {
@@ -98,7 +50,7 @@ async fn global_op(session: &Session, op: &str, args: &Args<'_>) -> OpResult<Val
             }
             Ok(Value::Null)
         }
-        "join_all" => {
+        GlobalOp::JoinAll {} => {
             let _section = Section::begin(None, "waiting for all VMs to finish");
             for machine in session.machines.values() {
                 machine
@@ -107,21 +59,20 @@ async fn global_op(session: &Session, op: &str, args: &Args<'_>) -> OpResult<Val
             }
             Ok(Value::Null)
         }
-        "log" => {
-            log::line(None, args.str("message")?);
+        GlobalOp::Log { message } => {
+            log::line(None, &message);
             Ok(Value::Null)
         }
-        "nested_begin" => {
-            let section = Section::begin(args.opt_str("machine"), args.str("message")?);
+        GlobalOp::NestedBegin { message, machine } => {
+            let section = Section::begin(machine.as_deref(), message);
             session.open_sections.lock().unwrap().push(section);
             Ok(Value::Null)
         }
-        "nested_end" => {
+        GlobalOp::NestedEnd {} => {
             session.open_sections.lock().unwrap().pop();
             Ok(Value::Null)
         }
-        "subtest_begin" => {
-            let name = args.str("name")?.to_owned();
+        GlobalOp::SubtestBegin { name } => {
             let section = Section::begin(None, format!("subtest: {name}"));
             session
                 .open_subtests
@@ -130,17 +81,16 @@ async fn global_op(session: &Session, op: &str, args: &Args<'_>) -> OpResult<Val
                 .push((name, Instant::now(), section));
             Ok(Value::Null)
         }
-        "subtest_end" => {
-            let name = args.str("name")?;
+        GlobalOp::SubtestEnd { name, ok, message } => {
             let mut open = session.open_subtests.lock().unwrap();
             let position = open
                 .iter()
-                .rposition(|(n, _, _)| n == name)
+                .rposition(|(n, _, _)| *n == name)
                 .ok_or_else(|| OpError::BadRequest(format!("subtest `{name}` was not begun")))?;
             let (name, started, section) = open.remove(position);
             drop(section);
-            let failure = (!args.bool_or("ok", true))
-                .then(|| args.opt_str("message").unwrap_or("failed").to_owned());
+            let failure =
+                (!ok.unwrap_or(true)).then(|| message.unwrap_or_else(|| "failed".to_owned()));
             session.subtests.lock().unwrap().push(SubtestRecord {
                 name,
                 duration: started.elapsed(),
@@ -148,7 +98,7 @@ async fn global_op(session: &Session, op: &str, args: &Args<'_>) -> OpResult<Val
             });
             Ok(Value::Null)
         }
-        "debug_prompt" => {
+        GlobalOp::DebugPrompt {} => {
             session
                 .debugging
                 .store(true, std::sync::atomic::Ordering::SeqCst);
@@ -158,217 +108,208 @@ async fn global_op(session: &Session, op: &str, args: &Args<'_>) -> OpResult<Val
             );
             Ok(Value::Null)
         }
-        "create_machine" => {
+        GlobalOp::CreateMachine {
+            start_command,
+            name,
+            keep_machine_state,
+        } => {
             let machine = session.create_machine(
-                args.str("start_command")?,
-                args.opt_str("name"),
-                args.bool_or("keep_machine_state", false),
+                &start_command,
+                name.as_deref(),
+                keep_machine_state.unwrap_or(false),
             )?;
-            machine.log(&format!(
-                "created from the start command `{}`",
-                args.str("start_command")?
-            ));
+            machine.log(&format!("created from the start command `{start_command}`"));
             Ok(super::python::machine_info(machine.config()))
         }
-        "result" => {
+        GlobalOp::Result {
+            ok,
+            message,
+            traceback,
+        } => {
             *session.result.lock().unwrap() = Some(ScriptResult {
-                ok: args.bool_or("ok", false),
-                message: args.opt_str("message").unwrap_or_default().to_owned(),
-                traceback: args.opt_str("traceback").unwrap_or_default().to_owned(),
+                ok: ok.unwrap_or(false),
+                message: message.unwrap_or_default(),
+                traceback: traceback.unwrap_or_default(),
             });
             Ok(Value::Null)
         }
-        other => Err(OpError::BadRequest(format!("unknown operation `{other}`"))),
     }
 }
 
-async fn machine_op(session: &Session, m: &Machine, op: &str, args: &Args<'_>) -> OpResult<Value> {
+async fn machine_op(session: &Session, m: &Machine, op: MachineOp) -> OpResult<Value> {
     let output = |bytes: Vec<u8>| json!({"output_b64": b64(&bytes)});
     match op {
-        "start" => m
-            .start(args.bool_or("allow_reboot", false))
+        MachineOp::Start { allow_reboot } => m.start(allow_reboot.unwrap_or(false)).await.map(done),
+        MachineOp::Shutdown {} => m.shutdown().await.map(done),
+        MachineOp::Crash {} => m.crash().await.map(done),
+        MachineOp::IsUp {} => Ok(Value::Bool(m.is_up().await)),
+        MachineOp::Status {} => Ok(json!(m.status().await)),
+        MachineOp::WaitForShutdown { timeout } => m
+            .wait_for_shutdown(Duration::from_secs_f64(seconds_or(
+                timeout,
+                DEFAULT_TIMEOUT,
+            )))
             .await
-            .map(|_| Value::Null),
-        "shutdown" => m.shutdown().await.map(|_| Value::Null),
-        "crash" => m.crash().await.map(|_| Value::Null),
-        "is_up" => Ok(Value::Bool(m.is_up().await)),
-        "status" => Ok(json!(m.status().await)),
-        "wait_for_shutdown" => m
-            .wait_for_shutdown(Duration::from_secs_f64(
-                args.f64_or("timeout", DEFAULT_TIMEOUT)?,
-            ))
-            .await
-            .map(|_| Value::Null),
-        "execute" => {
-            let command = args.str("command")?;
-            let timeout = args.opt_f64("timeout")?;
+            .map(done),
+        MachineOp::Execute {
+            command,
+            timeout,
+            check_output,
+            check_return,
+        } => {
             let _section = m.section(format!("running command: {command}"));
             // nixpkgs' statuses for what was not waited for: -2 without output, -1 without status.
-            if !args.bool_or("check_output", true) {
-                m.execute_partially(command, timeout, false).await?;
+            if !check_output.unwrap_or(true) {
+                m.execute_partially(&command, timeout, false).await?;
                 return Ok(json!({"status": -2, "output_b64": ""}));
             }
-            if !args.bool_or("check_return", true) {
-                let out = m.execute_partially(command, timeout, true).await?;
+            if !check_return.unwrap_or(true) {
+                let out = m.execute_partially(&command, timeout, true).await?;
                 return Ok(json!({"status": -1, "output_b64": b64(&out)}));
             }
-            let out = m.execute(command, timeout).await?;
+            let out = m.execute(&command, timeout).await?;
             Ok(json!({"status": out.status, "output_b64": b64(&out.stdout)}))
         }
-        "reboot" => m.reboot().await.map(|_| Value::Null),
-        "release" => {
+        MachineOp::Reboot {} => m.reboot().await.map(done),
+        MachineOp::Release {} => {
             m.kill().await;
             Ok(Value::Null)
         }
-        "succeed" => m
-            .succeed(&args.strings("commands")?, args.opt_f64("timeout")?)
+        MachineOp::Succeed { commands, timeout } => m.succeed(&commands, timeout).await.map(output),
+        MachineOp::Fail { commands, timeout } => m.fail(&commands, timeout).await.map(output),
+        MachineOp::WaitUntilSucceeds { command, timeout } => m
+            .wait_until_succeeds(&command, seconds_or(timeout, DEFAULT_TIMEOUT))
             .await
             .map(output),
-        "fail" => m
-            .fail(&args.strings("commands")?, args.opt_f64("timeout")?)
+        MachineOp::WaitUntilFails { command, timeout } => m
+            .wait_until_fails(&command, seconds_or(timeout, DEFAULT_TIMEOUT))
             .await
             .map(output),
-        "wait_until_succeeds" => m
-            .wait_until_succeeds(
-                args.str("command")?,
-                args.f64_or("timeout", DEFAULT_TIMEOUT)?,
-            )
+        MachineOp::WaitForUnit {
+            unit,
+            user,
+            timeout,
+        } => m
+            .wait_for_unit(&unit, user.as_deref(), seconds_or(timeout, DEFAULT_TIMEOUT))
             .await
-            .map(output),
-        "wait_until_fails" => m
-            .wait_until_fails(
-                args.str("command")?,
-                args.f64_or("timeout", DEFAULT_TIMEOUT)?,
-            )
-            .await
-            .map(output),
-        "wait_for_unit" => m
-            .wait_for_unit(
-                args.str("unit")?,
-                args.opt_str("user"),
-                args.f64_or("timeout", DEFAULT_TIMEOUT)?,
-            )
-            .await
-            .map(|_| Value::Null),
-        "get_unit_info" => m
-            .get_unit_info(args.str("unit")?, args.opt_str("user"))
+            .map(done),
+        MachineOp::GetUnitInfo { unit, user } => m
+            .get_unit_info(&unit, user.as_deref())
             .await
             .map(|info| json!(info)),
-        "get_unit_property" => m
-            .get_unit_property(
-                args.str("unit")?,
-                args.str("property")?,
-                args.opt_str("user"),
-            )
+        MachineOp::GetUnitProperty {
+            unit,
+            property,
+            user,
+        } => m
+            .get_unit_property(&unit, &property, user.as_deref())
             .await
             .map(Value::String),
-        "systemctl" => {
-            let (status, out) = m.systemctl(args.str("q")?, args.opt_str("user")).await?;
+        MachineOp::Systemctl { q, user } => {
+            let (status, out) = m.systemctl(&q, user.as_deref()).await?;
             Ok(json!({"status": status, "output_b64": b64(&out)}))
         }
-        "require_unit_state" => m
-            .require_unit_state(args.str("unit")?, args.opt_str("state").unwrap_or("active"))
+        MachineOp::RequireUnitState { unit, state } => m
+            .require_unit_state(&unit, state.as_deref().unwrap_or("active"))
             .await
-            .map(|_| Value::Null),
-        "wait_for_file" => m
-            .wait_for_file(args.str("path")?, args.f64_or("timeout", DEFAULT_TIMEOUT)?)
+            .map(done),
+        MachineOp::WaitForFile { path, timeout } => m
+            .wait_for_file(&path, seconds_or(timeout, DEFAULT_TIMEOUT))
             .await
-            .map(|_| Value::Null),
-        "wait_for_open_port" | "wait_for_closed_port" => m
+            .map(done),
+        MachineOp::WaitForOpenPort {
+            port,
+            addr,
+            timeout,
+        } => m
             .wait_for_port(
-                args.port("port")?,
-                args.opt_str("addr").unwrap_or("localhost"),
-                op == "wait_for_open_port",
-                args.f64_or("timeout", DEFAULT_TIMEOUT)?,
+                port,
+                addr.as_deref().unwrap_or("localhost"),
+                true,
+                seconds_or(timeout, DEFAULT_TIMEOUT),
             )
             .await
-            .map(|_| Value::Null),
-        "wait_for_open_unix_socket" => m
+            .map(done),
+        MachineOp::WaitForClosedPort {
+            port,
+            addr,
+            timeout,
+        } => m
+            .wait_for_port(
+                port,
+                addr.as_deref().unwrap_or("localhost"),
+                false,
+                seconds_or(timeout, DEFAULT_TIMEOUT),
+            )
+            .await
+            .map(done),
+        MachineOp::WaitForOpenUnixSocket {
+            path,
+            is_datagram,
+            timeout,
+        } => m
             .wait_for_open_unix_socket(
-                args.str("path")?,
-                args.bool_or("is_datagram", false),
-                args.f64_or("timeout", DEFAULT_TIMEOUT)?,
+                &path,
+                is_datagram.unwrap_or(false),
+                seconds_or(timeout, DEFAULT_TIMEOUT),
             )
             .await
-            .map(|_| Value::Null),
-        "sleep" => m
-            .sleep(args.f64_or("secs", 0.0)?)
-            .await
-            .map(|_| Value::Null),
-        "send_monitor_command" => m
-            .monitor_command(args.str("command")?)
-            .await
-            .map(Value::String),
-        "wait_for_console_text" => {
-            let pattern = args.str("regex")?;
-            let regex = regex::Regex::new(pattern)
-                .map_err(|e| OpError::BadRequest(format!("bad console regex `{pattern}`: {e}")))?;
-            let timeout = args.opt_f64("timeout")?.map(Duration::from_secs_f64);
-            let _section = m.section(format!("waiting for `{pattern}` to appear on the console"));
+            .map(done),
+        MachineOp::Sleep { secs } => m.sleep(secs.unwrap_or(0.0)).await.map(done),
+        MachineOp::SendMonitorCommand { command } => {
+            m.monitor_command(&command).await.map(Value::String)
+        }
+        MachineOp::WaitForConsoleText { regex, timeout } => {
+            let compiled = regex::Regex::new(&regex)
+                .map_err(|e| OpError::BadRequest(format!("bad console regex `{regex}`: {e}")))?;
+            let timeout = timeout.map(Duration::from_secs_f64);
+            let _section = m.section(format!("waiting for `{regex}` to appear on the console"));
             m.start(false).await?;
-            m.console.wait_for(&regex, timeout).await.map(Value::String)
+            m.console
+                .wait_for(&compiled, timeout)
+                .await
+                .map(Value::String)
         }
-        "get_console_log" => Ok(Value::String(m.console.text())),
-        "screenshot" => screenshot(session, m, args.str("name")?).await,
-        "copy_from_host" => {
-            copy_from_host(session, m, args.str("source")?, args.str("target")?).await
+        MachineOp::GetConsoleLog {} => Ok(Value::String(m.console.text())),
+        MachineOp::Screenshot { name } => screenshot(session, m, &name).await,
+        MachineOp::CopyFromHost { source, target } => {
+            copy_from_host(session, m, &source, &target).await
         }
-        "copy_from_machine" => {
-            copy_from_machine(
-                session,
-                m,
-                args.str("source")?,
-                args.opt_str("target_dir").unwrap_or(""),
-            )
-            .await
+        MachineOp::CopyFromMachine { source, target_dir } => {
+            copy_from_machine(session, m, &source, target_dir.as_deref().unwrap_or("")).await
         }
-        "forward_port" => {
-            let (host, guest) = (args.port("host_port")?, args.port("guest_port")?);
-            m.monitor_command(&format!("hostfwd_add tcp::{host}-:{guest}"))
+        MachineOp::ForwardPort {
+            host_port,
+            guest_port,
+        } => {
+            m.monitor_command(&format!("hostfwd_add tcp::{host_port}-:{guest_port}"))
                 .await?;
             Ok(Value::Null)
         }
-        "block" | "unblock" => {
-            let state = if op == "block" { "off" } else { "on" };
-            let answer = m
-                .monitor_command(&format!("set_link virtio-net-pci.1 {state}"))
-                .await?;
-            if answer.contains("not found") {
-                return Err(OpError::Failure(format!(
-                    "{}: {op}: no vlan NIC `virtio-net-pci.1` (the start script must put the user-networking NIC first)",
-                    m.name
-                )));
-            }
+        MachineOp::Block {} => set_vlan_link(m, "block", "off").await,
+        MachineOp::Unblock {} => set_vlan_link(m, "unblock", "on").await,
+        MachineOp::SendConsole { chars } => m.send_console(&chars).await.map(done),
+        MachineOp::SendKey { key } => {
+            m.monitor_command(&format!("sendkey {key}")).await?;
             Ok(Value::Null)
         }
-        "send_console" => m
-            .send_console(args.str("chars")?)
-            .await
-            .map(|_| Value::Null),
-        "send_key" => {
-            m.monitor_command(&format!("sendkey {}", args.str("key")?))
-                .await?;
-            Ok(Value::Null)
-        }
-        "send_chars" => {
-            for c in args.str("chars")?.chars() {
+        MachineOp::SendChars { chars } => {
+            for c in chars.chars() {
                 let key = key_for_char(c)
                     .ok_or_else(|| OpError::BadRequest(format!("send_chars: no key for `{c}`")))?;
                 m.monitor_command(&format!("sendkey {key}")).await?;
             }
             Ok(Value::Null)
         }
-        "shell_interact" => {
+        MachineOp::ShellInteract { address } => {
             // Waits on a person: bounded by the run's global timeout (a day at the -I prompt, which has none).
             let deadline = session
                 .global_timeout
                 .unwrap_or(Duration::from_secs(24 * 3600));
-            m.shell_interact(args.str("address")?, deadline)
-                .await
-                .map(|_| Value::Null)
+            m.shell_interact(&address, deadline).await.map(done)
         }
-        "next_qmp_event" => {
-            let timeout = args.f64_or("timeout", DEFAULT_QMP_EVENT_TIMEOUT)?.max(0.0);
+        MachineOp::NextQmpEvent { timeout } => {
+            let timeout = seconds_or(timeout, DEFAULT_QMP_EVENT_TIMEOUT).max(0.0);
             match m.next_qmp_event(Duration::from_secs_f64(timeout)).await? {
                 Some(event) => Ok(event),
                 None => Err(OpError::Timeout(format!(
@@ -377,10 +318,22 @@ async fn machine_op(session: &Session, m: &Machine, op: &str, args: &Args<'_>) -
                 ))),
             }
         }
-        other => Err(OpError::BadRequest(format!(
-            "`{other}` is not supported by testrig yet"
-        ))),
     }
+}
+
+/// `block()`/`unblock()`: the link of the first vlan NIC, which QEMU names `virtio-net-pci.1` when the start script
+/// puts the user-networking NIC first, as NixOS's do.
+async fn set_vlan_link(m: &Machine, op: &str, state: &str) -> OpResult<Value> {
+    let answer = m
+        .monitor_command(&format!("set_link virtio-net-pci.1 {state}"))
+        .await?;
+    if answer.contains("not found") {
+        return Err(OpError::Failure(format!(
+            "{}: {op}: no vlan NIC `virtio-net-pci.1` (the start script must put the user-networking NIC first)",
+            m.name
+        )));
+    }
+    Ok(Value::Null)
 }
 
 async fn screenshot(session: &Session, m: &Machine, name: &str) -> OpResult<Value> {

@@ -2,6 +2,7 @@
 
 mod dispatch;
 mod python;
+mod request;
 mod rpc;
 mod run;
 mod session;
