@@ -171,7 +171,7 @@ cp "$work/initramfs-modules" "$ird/load-order"
 (cd "$ird" && find . -print0 | LC_ALL=C sort -z | cpio --null -o -H newc --quiet) >"$tmp/initrd"
 
 # --- root file system
-debootstrap_key=$( (sha256sum "$here/packages.txt"; sed -n '/^# --- root file system/,/^# --- end debootstrap/p' "$here/build.sh") | sha256sum | cut -c1-12)
+debootstrap_key=$( (cd "$here" && sha256sum packages.txt; sed -n '/^# --- root file system/,/^# --- end debootstrap/p' "$here/build.sh") | sha256sum | cut -c1-12)
 debootstrap_tar=$cache/debootstrap-$suite-$debootstrap_key.tar
 rootfs=$work/rootfs
 packages=$(grep -v '^#' "$here/packages.txt" | xargs | tr ' ' ,)
