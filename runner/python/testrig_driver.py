@@ -639,14 +639,41 @@ class Machine:
                 sys.stdout.write(f"[exit status {status}]\n")
             sys.stdout.flush()
 
+    # the screen, read by OCR (the runner takes a screendump and runs tesseract; the test must set enableOCR)
+
+    def get_screen_text_variants(self) -> list[str]:
+        """Several readings of the screen by OCR: tesseract on the screenshot as it is and on two images
+        ImageMagick prepared from it (nixpkgs' preprocessing), so that more words are found."""
+        return [str(text) for text in self._call("get_screen_text", {"variants": True})]
+
+    def get_screen_text(self) -> str:
+        """The text on the screen, read by OCR from the screenshot as it is."""
+        return str(self._call("get_screen_text", {"variants": False})[0])
+
+    def wait_for_text(self, regex: str, timeout: Any = 900) -> None:
+        """Wait until `regex` (Python syntax, `re.search`) matches the text on the screen, retrying once a second
+        as nixpkgs does. Each try reads the screenshot as it is first and the prepared variants only when that
+        does not match: the same texts nixpkgs tries, without preparing variants that are not needed."""
+        seconds = timeout.total_seconds() if hasattr(timeout, "total_seconds") else timeout
+
+        def screen_matches(last_try: bool) -> bool:
+            if re.search(regex, self.get_screen_text()) is not None:
+                return True
+            variants = self.get_screen_text_variants()
+            if any(re.search(regex, text) is not None for text in variants):
+                return True
+            if last_try:
+                self.log(f"Last OCR attempt failed. Text was: {variants}")
+            return False
+
+        with self.nested(f"waiting for {regex} to appear on screen"):
+            retry(screen_matches, seconds)
+
     # not supported yet
 
     wait_for_x = _unsupported("wait_for_x")
     wait_for_window = _unsupported("wait_for_window")
     get_window_names = _unsupported("get_window_names")
-    get_screen_text = _unsupported("get_screen_text")
-    get_screen_text_variants = _unsupported("get_screen_text_variants")
-    wait_for_text = _unsupported("wait_for_text")
     wait_for_qmp_event = _unsupported("wait_for_qmp_event")
     switch_root = _unsupported("switch_root")
     def console_interact(self) -> None:

@@ -326,6 +326,19 @@ async fn machine_op(session: &Session, m: &Machine, op: &str, args: &Args<'_>) -
             }
             Ok(Value::Null)
         }
+        "get_screen_text" => {
+            // nixpkgs refuses OCR unless the test sets `enableOCR`.
+            if !session.ocr_allowed {
+                return Err(OpError::Failure(crate::machine::OCR_NOT_ENABLED.into()));
+            }
+            let variants = args.bool_or("variants", false);
+            let _section = m.section(if variants {
+                "reading the screen by OCR (3 variants)"
+            } else {
+                "reading the screen by OCR"
+            });
+            m.screen_text(variants).await.map(|texts| json!(texts))
+        }
         "send_console" => m
             .send_console(args.str("chars")?)
             .await

@@ -101,11 +101,10 @@ pub async fn run_test(plan: &LoadedPlan, options: &RunOptions) -> Result<RunResu
             )
         })
         .collect();
-    let session = Arc::new(Session::new(
-        machines,
-        options.out_dir.clone(),
-        shared_dir.clone(),
-    ));
+    let session = Arc::new(
+        Session::new(machines, options.out_dir.clone(), shared_dir.clone())
+            .with_ocr(plan.ocr_allowed()),
+    );
 
     let rpc_socket = run_dir.path().join("rpc.sock");
     let server = rpc::serve(&rpc_socket, session.clone())

@@ -37,6 +37,9 @@ pub struct Session {
     pub result: Mutex<Option<ScriptResult>>,
     /// Set when `--debug-on-failure` opened its prompt: the global timeout no longer applies.
     pub debugging: AtomicBool,
+    /// Whether the test may use OCR (`get_screen_text`, `wait_for_text`): see
+    /// [`crate::plan_load::LoadedPlan::ocr_allowed`].
+    pub ocr_allowed: bool,
 }
 
 impl Session {
@@ -54,7 +57,13 @@ impl Session {
             open_sections: Mutex::default(),
             result: Mutex::default(),
             debugging: AtomicBool::new(false),
+            ocr_allowed: false,
         }
+    }
+
+    pub fn with_ocr(mut self, allowed: bool) -> Self {
+        self.ocr_allowed = allowed;
+        self
     }
 
     pub fn machine(&self, name: &str) -> Option<&Arc<Machine>> {
