@@ -648,7 +648,7 @@ class ProtocolTests(RunnerTestCase):
 
     def test_unsupported_methods_name_themselves(self) -> None:
         m = self.make_driver().machines[0]
-        for method in ["wait_for_x", "wait_for_window", "get_screen_text", "wait_for_text"]:
+        for method in ["wait_for_x", "wait_for_window", "get_window_names"]:
             with self.subTest(method=method), self.assertRaises(NotImplementedError) as caught:
                 getattr(m, method)("arg")
             self.assertIn(f"Machine.{method}()", str(caught.exception))
@@ -894,6 +894,84 @@ class MachineApiTests(RunnerTestCase):
         self.assertEqual(calls, [])
         with mock.patch.object(td._Connection, "exchange", side_effect=KeyboardInterrupt):
             m.shell_interact("tcp-listen:4444,reuseaddr")  # returns, as nixpkgs' does on Ctrl-C
+class OcrTests(RunnerTestCase):
+    """get_screen_text, get_screen_text_variants and wait_for_text: one `get_screen_text` op per reading."""
+
+    def screens(self, raw: list[str], variants: list[list[str]]) -> None:
+        """Answer the raw readings and the variant readings in turn, one per request."""
+        raw_left, variants_left = list(raw), list(variants)
+
+        def handler(request: dict[str, Any]) -> Any:
+            if request["op"] != "get_screen_text":
+                return None
+            if request["args"]["variants"]:
+                return variants_left.pop(0)
+            return [raw_left.pop(0)]
+
+        self.runner.handler = handler
+
+    def test_text_and_variants_are_one_op(self) -> None:
+        self.screens(["login:"], [["login:", "log1n:", "Iogin:"]])
+        m = self.make_driver().machines[0]
+        self.assertEqual(m.get_screen_text(), "login:")
+        self.assertEqual(m.get_screen_text_variants(), ["login:", "log1n:", "Iogin:"])
+        requests = [r for _, r in self.runner.requests]
+        self.assertEqual([(r["op"], r["machine"], r["args"]) for r in requests],
+                         [("get_screen_text", "server", {"variants": False}),
+                          ("get_screen_text", "server", {"variants": True})])
+
+    def test_wait_for_text_stops_at_a_raw_match(self) -> None:
+        self.screens(["booting", "machine login:"], [["booting", "booting", "booting"]])
+        m = self.make_driver().machines[0]
+        m.wait_for_text("login:", timeout=10)
+        self.assertEqual([r["args"]["variants"] for _, r in self.runner.requests if r["op"] == "get_screen_text"],
+                         [False, True, False])
+        self.assertEqual(self.clock.sleeps, [1])
+        self.assertIn("nested_begin", self.runner.ops())
+        self.assertEqual(self.runner.last("nested_begin")["args"]["message"],
+                         "server: waiting for login: to appear on screen")
+
+    def test_wait_for_text_matches_a_variant(self) -> None:
+        self.screens(["Iog1n"], [["Iog1n", "login", "l0gin"]])
+        m = self.make_driver().machines[0]
+        m.wait_for_text(r"^log.n$", timeout=10)
+        self.assertEqual(self.clock.sleeps, [])
+
+    def test_wait_for_text_times_out_with_the_last_texts(self) -> None:
+        self.screens(["nothing"] * 4, [["nothing", "n0thing", "nothinq"]] * 4)
+        m = self.make_driver().machines[0]
+        with self.assertRaises(td.RequestedAssertionFailed) as caught:
+            m.wait_for_text("login:", timeout=3)
+        self.assertEqual(str(caught.exception), "action timed out after 3.00 seconds (timeout=3)")
+        self.assertEqual(self.clock.sleeps, [1, 1, 1])
+        logged = [r["args"]["message"] for _, r in self.runner.requests if r["op"] == "log"]
+        self.assertTrue(any("Last OCR attempt failed. Text was: ['nothing', 'n0thing', 'nothinq']" in line
+                            for line in logged), logged)
+
+    def test_wait_for_text_takes_a_timedelta(self) -> None:
+        import datetime
+
+        self.screens(["x"] * 3, [["x", "x", "x"]] * 3)
+        m = self.make_driver().machines[0]
+        with self.assertRaises(td.RequestedAssertionFailed) as caught:
+            m.wait_for_text("login:", timeout=datetime.timedelta(seconds=2))
+        self.assertEqual(self.clock.sleeps, [1, 1])
+        self.assertIn("(timeout=2)", str(caught.exception))
+
+    def test_ocr_refusal_is_a_test_failure_not_retried(self) -> None:
+        def handler(request: dict[str, Any]) -> Any:
+            if request["op"] == "get_screen_text":
+                raise RunnerError("failure", "OCR requested but enableOCR is false (set `enableOCR = true;` "
+                                             "in the test)")
+            return None
+
+        self.runner.handler = handler
+        m = self.make_driver().machines[0]
+        with self.assertRaises(td.MachineError) as caught:
+            m.wait_for_text("login:", timeout=30)
+        self.assertIn("OCR requested but enableOCR is false", str(caught.exception))
+        self.assertEqual(self.runner.ops().count("get_screen_text"), 1)
+        self.assertEqual(self.clock.sleeps, [])
 
 
 class GlobalsTests(RunnerTestCase):

@@ -350,7 +350,7 @@ def retry(fn: Callable[[bool], Any], timeout: Optional[Duration] = None, *,
     elapsed = CLOCK.monotonic() - start
     if not fn(True):
         raise RequestedAssertionFailed(
-            f"action timed out after {elapsed:.2f} seconds (timeout={timeout})"
+            f"action timed out after {elapsed:.2f} seconds (timeout={limit:g})"
         )
 
 
@@ -869,15 +869,44 @@ class Machine:
             if event is None or CLOCK.monotonic() >= deadline:
                 raise QmpEventTimeout(f"{self.name}: no QMP event the filter accepts within {seconds:g} seconds")
 
+    # the screen, read by OCR (the runner takes a screendump and runs tesseract; the test must set enableOCR)
+
+    def get_screen_text_variants(self) -> list[str]:
+        """Several readings of the screen by OCR: tesseract on the screenshot as it is and on two images
+        ImageMagick prepared from it (nixpkgs' preprocessing), so that more words are found."""
+        return [str(text) for text in self._call("get_screen_text", {"variants": True})]
+
+    def get_screen_text(self) -> str:
+        """The text on the screen, read by OCR from the screenshot as it is."""
+        return str(self._call("get_screen_text", {"variants": False})[0])
+
+    def wait_for_text(self, regex: str, timeout: Duration = DEFAULT_TIMEOUT) -> None:
+        """Wait until `regex` (Python syntax, `re.search`) matches the text on the screen, retrying once a second
+        as nixpkgs does. Each try reads the screenshot as it is first and the prepared variants only when that
+        does not match: the same texts nixpkgs tries, without preparing variants that are not needed."""
+        warn_if_bare_number(timeout, "wait_for_text")
+        timeout = as_timedelta(timeout)
+
+        def screen_matches(last_try: bool) -> bool:
+            if re.search(regex, self.get_screen_text()) is not None:
+                return True
+            variants = self.get_screen_text_variants()
+            if any(re.search(regex, text) is not None for text in variants):
+                return True
+            if last_try:
+                self.log(f"Last OCR attempt failed. Text was: {variants}")
+            return False
+
+        with self.nested(f"waiting for {regex} to appear on screen"):
+            retry(screen_matches, timeout)
+
     # not supported yet
 
     wait_for_x = _unsupported("wait_for_x")
     wait_for_window = _unsupported("wait_for_window")
     get_window_names = _unsupported("get_window_names")
-    get_screen_text = _unsupported("get_screen_text")
-    get_screen_text_variants = _unsupported("get_screen_text_variants")
-    wait_for_text = _unsupported("wait_for_text")
     switch_root = _unsupported("switch_root")
+
     def console_interact(self) -> None:
         """Forwards what is typed to the serial console (QEMU's stdin) until Ctrl-D or Ctrl-C, as nixpkgs' does;
         what the guest writes to the console shows in the log as `<machine> # ...`. For -I sessions."""

@@ -247,6 +247,13 @@ fn finish(
 }
 
 impl LoadedPlan {
+    /// Whether the test may use OCR. A testrig plan says so in `enable_ocr` (nixpkgs' `enableOCR`). nixpkgs' own
+    /// inputs (a driverConfiguration.json, the old driver's flags) do not carry it: there `enableOCR` only puts
+    /// tesseract on the driver's PATH, so OCR is allowed and fails if tesseract is missing, as in nixpkgs.
+    pub fn ocr_allowed(&self) -> bool {
+        self.plan.enable_ocr || self.plan.schema.is_none()
+    }
+
     /// Every start script is an executable file. Checked when the test is about to run, not when it is loaded,
     /// so that a cached pass is answered even after its store paths were garbage-collected.
     pub fn check_start_scripts(&self) -> Result<(), BadInput> {
@@ -338,6 +345,30 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("two machines are named `x`"), "{err}");
+    }
+
+    #[test]
+    fn ocr_is_allowed_by_enable_ocr_in_a_testrig_plan_and_always_for_nixpkgs_inputs() {
+        let dir = tempfile::tempdir().unwrap();
+        let load = |doc: &str| {
+            let plan = dir.path().join("plan.json");
+            std::fs::write(&plan, doc).unwrap();
+            load_plan_file(&plan, None).unwrap().ocr_allowed()
+        };
+        let vms = r#""vms": {"a": {"name": "a", "start_script": "run-a-vm"}}"#;
+        let testrig = |extra: &str| {
+            format!(r#"{{"schema": "testrig-plan/1", "test_script_text": "pass", {extra}{vms}}}"#)
+        };
+        assert!(!load(&testrig("")));
+        assert!(!load(&testrig(r#""enable_ocr": false, "#)));
+        assert!(load(&testrig(r#""enable_ocr": true, "#)));
+        // nixpkgs' driverConfiguration.json has no such field, nor have the old driver's flags.
+        assert!(load(&format!(r#"{{"test_script_text": "pass", {vms}}}"#)));
+        let script = dir.path().join("test.py");
+        std::fs::write(&script, "pass").unwrap();
+        let flags =
+            plan_from_flags(&[("a".into(), "run-a-vm".into())], &[1], None, &script).unwrap();
+        assert!(flags.ocr_allowed());
     }
 
     #[test]

@@ -176,6 +176,62 @@ fn passing_script_without_machines_used_exits_0() {
 }
 
 #[test]
+fn ocr_without_enable_ocr_fails_as_in_nixpkgs_before_booting() {
+    let script = serde_json::to_string("machine.wait_for_text('login:')\n").unwrap();
+    let plan =
+        format!(r#"{{"schema": "testrig-plan/1", "test_script_text": {script}, "vms": {{{VM}}}}}"#);
+    let (code, stderr, dir) = run_plan(&plan);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains("OCR requested but enableOCR is false"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("testScript:1"), "{stderr}");
+    assert!(!dir.path().join("STARTED").exists());
+}
+
+#[test]
+fn ocr_without_tesseract_on_path_names_the_package() {
+    // nixpkgs' driverConfiguration.json does not carry enableOCR: OCR is allowed and needs tesseract on PATH.
+    let dir = tempfile::tempdir().unwrap();
+    write_start_script(dir.path(), "run-machine-vm");
+    // The test's Python by absolute path (the plan's `python`) and an empty PATH; no vlan, so that the run needs
+    // no vde_switch from PATH.
+    let python = Command::new("python3")
+        .args(["-c", "import sys; print(sys.executable)"])
+        .output()
+        .expect("python3 runs");
+    let python = String::from_utf8(python.stdout).unwrap();
+    let bin = dir.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    std::fs::write(
+        dir.path().join("plan.json"),
+        format!(
+            r#"{{"test_script_text": "machine.get_screen_text()\n", "python": {},
+                "vms": {{"machine": {{"name": "machine", "start_script": "run-machine-vm", "vlans": []}}}}}}"#,
+            serde_json::to_string(python.trim()).unwrap()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_testrig"))
+        .args(["run", "plan.json"])
+        .current_dir(dir.path())
+        .env("TESTRIG_CACHE_DIR", dir.path().join("cache"))
+        .env("TESTRIG_STATE_DIR", dir.path().join("state"))
+        .env("PATH", &bin)
+        .output()
+        .expect("testrig runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("OCR requested but `tesseract` is not available"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("tesseract-ocr"), "{stderr}");
+    assert!(!dir.path().join("STARTED").exists());
+}
+
+#[test]
 fn a_start_script_that_fails_is_a_test_failure_naming_it() {
     let (code, stderr, dir) = run_plan(&script_plan("machine.succeed('true')\n"));
     assert_eq!(code, 1, "{stderr}");

@@ -142,6 +142,31 @@ fn protocol_details_against_a_real_guest() {
 
 #[test]
 #[ignore = "boots VMs: run by tests/run-all"]
+fn ocr_reads_back_a_line_typed_on_tty1() {
+    // tests/vm/ocr/test.py logs in on tty1 with send_chars, runs a command there and reads its output back with
+    // wait_for_text, get_screen_text and get_screen_text_variants (real tesseract and ImageMagick on the host).
+    let out_dir = tempfile::tempdir().unwrap();
+    let (out, took) = run(
+        &[
+            "run",
+            "tests/vm/ocr/plan.json",
+            "-o",
+            out_dir.path().to_str().unwrap(),
+        ],
+        &[],
+    );
+    let log = stderr(&out);
+    assert_eq!(out.status.code(), Some(0), "{log}");
+    assert!(
+        log.contains("waiting for TYPED\\s*ON\\s*TTY to appear on screen"),
+        "{log}"
+    );
+    assert!(out_dir.path().join("tty1.png").is_file());
+    eprintln!("ocr: {took:?}");
+}
+
+#[test]
+#[ignore = "boots VMs: run by tests/run-all"]
 fn failing_example_exits_1_naming_machine_command_and_line() {
     let (out, _) = run(&["run", "tests/examples/failing/plan.json"], &[]);
     let log = stderr(&out);

@@ -17,6 +17,8 @@ base_pkgs=(
   vde2 socat busybox-static kmod cpio xz-utils zstd e2fsprogs debootstrap
   # test runner and tools
   python3 jq procps psmisc util-linux iproute2 netcat-openbsd clang-format hyperfine
+  # OCR of a machine's screen (get_screen_text, wait_for_text), as nixpkgs' enableOCR
+  tesseract-ocr imagemagick
   # Nix build dependencies (machines.md)
   bison flex cmake ninja-build pkg-config libboost-dev libboost-context-dev libboost-coroutine-dev
   libboost-container-dev libarchive-dev libbrotli-dev libbsd-dev libbz2-dev libcpuid-dev

@@ -171,7 +171,7 @@ cp "$work/initramfs-modules" "$ird/load-order"
 (cd "$ird" && find . -print0 | LC_ALL=C sort -z | cpio --null -o -H newc --quiet) >"$tmp/initrd"
 
 # --- root file system
-debootstrap_key=$( (sha256sum "$here/packages.txt"; sed -n '/^# --- root file system/,/^# --- end debootstrap/p' "$here/build.sh") | sha256sum | cut -c1-12)
+debootstrap_key=$( (cd "$here" && sha256sum packages.txt; sed -n '/^# --- root file system/,/^# --- end debootstrap/p' "$here/build.sh") | sha256sum | cut -c1-12)
 debootstrap_tar=$cache/debootstrap-$suite-$debootstrap_key.tar
 rootfs=$work/rootfs
 packages=$(grep -v '^#' "$here/packages.txt" | xargs | tr ' ' ,)
@@ -209,10 +209,13 @@ awk '!/^#/ && NF == 3 {
 }' "$rootfs/lib/modules/$kver/modules.devname" >"$rootfs/etc/tmpfiles.d/static-nodes.conf"
 
 systemctl --root="$rootfs" enable backdoor.service testrig-node.service >/dev/null 2>&1
+# A getty on tty1 (the screen), as on NixOS: tests log in by typing (`send_chars("root\n")`, root has no password)
+# and read the screen by OCR or from /dev/vcs1.
+systemctl --root="$rootfs" enable getty@tty1.service >/dev/null 2>&1
 # Not needed here, and slow under TCG (each costs 0.3 to 6 s of boot) or harmful (a getty on hvc0 or ttyS0 takes
 # the tty from the backdoor). Masking keeps them off whatever pulls them in.
 masked=(
-  serial-getty@hvc0.service serial-getty@ttyS0.service getty@tty1.service getty-static.service
+  serial-getty@hvc0.service serial-getty@ttyS0.service getty-static.service
   e2scrub_reap.service e2scrub_all.timer apt-daily.timer apt-daily-upgrade.timer dpkg-db-backup.timer
   fstrim.timer systemd-tmpfiles-clean.timer systemd-udev-settle.service systemd-firstboot.service
   systemd-remount-fs.service systemd-fsck-root.service systemd-journal-flush.service systemd-pstore.service

@@ -301,6 +301,19 @@ async fn machine_op(session: &Session, m: &Machine, op: MachineOp) -> OpResult<V
             }
             Ok(Value::Null)
         }
+        MachineOp::GetScreenText { variants } => {
+            // nixpkgs refuses OCR unless the test sets `enableOCR`.
+            if !session.ocr_allowed {
+                return Err(OpError::Failure(crate::machine::OCR_NOT_ENABLED.into()));
+            }
+            let variants = variants.unwrap_or(false);
+            let _section = m.section(if variants {
+                "reading the screen by OCR (3 variants)"
+            } else {
+                "reading the screen by OCR"
+            });
+            m.screen_text(variants).await.map(|texts| json!(texts))
+        }
         MachineOp::ShellInteract { address } => {
             // Waits on a person: bounded by the run's global timeout (a day at the -I prompt, which has none).
             let deadline = session

@@ -248,6 +248,10 @@ pub enum MachineOp {
     ShellInteract {
         address: String,
     },
+    GetScreenText {
+        #[serde(default)]
+        variants: Option<bool>,
+    },
     NextQmpEvent {
         #[serde(default)]
         timeout: Seconds,

@@ -104,14 +104,16 @@ pub async fn run_test(plan: &LoadedPlan, options: &RunOptions) -> Result<RunResu
         .collect();
     let global_timeout = Duration::from_secs(plan.plan.global_timeout);
     let session = Arc::new(
-        Session::new(machines, options.out_dir.clone(), shared_dir.clone()).with_machine_setup(
-            MachineSetup {
-                run_dir: run_dir.path().to_owned(),
-                vde_sockets: vde_sockets.clone(),
-                timeouts: options.timeouts,
-            },
-            (!options.interactive).then_some(global_timeout),
-        ),
+        Session::new(machines, options.out_dir.clone(), shared_dir.clone())
+            .with_machine_setup(
+                MachineSetup {
+                    run_dir: run_dir.path().to_owned(),
+                    vde_sockets: vde_sockets.clone(),
+                    timeouts: options.timeouts,
+                },
+                (!options.interactive).then_some(global_timeout),
+            )
+            .with_ocr(plan.ocr_allowed()),
     );
 
     let rpc_socket = run_dir.path().join("rpc.sock");

@@ -55,6 +55,9 @@ pub struct Session {
     pub result: Mutex<Option<ScriptResult>>,
     /// Set when `--debug-on-failure` opened its prompt: the global timeout no longer applies.
     pub debugging: AtomicBool,
+    /// Whether the test may use OCR (`get_screen_text`, `wait_for_text`): see
+    /// [`crate::plan_load::LoadedPlan::ocr_allowed`].
+    pub ocr_allowed: bool,
 }
 
 impl Session {
@@ -75,6 +78,7 @@ impl Session {
             open_sections: Mutex::default(),
             result: Mutex::default(),
             debugging: AtomicBool::new(false),
+            ocr_allowed: false,
         }
     }
 
@@ -86,6 +90,11 @@ impl Session {
     ) -> Self {
         self.machine_setup = Some(setup);
         self.global_timeout = global_timeout;
+        self
+    }
+
+    pub fn with_ocr(mut self, allowed: bool) -> Self {
+        self.ocr_allowed = allowed;
         self
     }
 
