@@ -647,11 +647,19 @@ fn several_tests_end_with_a_summary_naming_the_failures() {
 
 #[test]
 fn tests_run_side_by_side_each_with_its_own_log() {
+    // Side by side, proven without a clock: each test marks that it started and then waits (up to a minute) for the
+    // other's mark, which it can only see if the two run at once.
     let dir = tempfile::tempdir().unwrap();
     write_start_script(dir.path(), "run-machine-vm");
-    for name in ["alpha", "beta"] {
+    for (name, other) in [("alpha", "beta"), ("beta", "alpha")] {
+        let marks = dir.path().display();
         let script = format!(
-            "import time\nlog.info('{name} starts')\ntime.sleep(1.5)\nprint('{name} printed')\n"
+            "import os, time\nlog.info('{name} starts')\nopen('{marks}/{name}.started', 'w').close()\n\
+             deadline = time.monotonic() + 60\n\
+             while not os.path.exists('{marks}/{other}.started'):\n\
+             \x20   assert time.monotonic() < deadline, '{other} never ran beside {name}'\n\
+             \x20   time.sleep(0.05)\n\
+             print('{name} printed')\n"
         );
         let plan = format!(
             r#"{{"name": "{name}", "test_script_text": {}, "vms": {{{VM}}}}}"#,
@@ -659,17 +667,10 @@ fn tests_run_side_by_side_each_with_its_own_log() {
         );
         std::fs::write(dir.path().join(format!("{name}.json")), plan).unwrap();
     }
-    let started = std::time::Instant::now();
     let out = testrig(dir.path(), &["run", "alpha.json", "beta.json"]);
-    let took = started.elapsed();
     let stderr = String::from_utf8_lossy(&out.stderr);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{stderr}");
-    // Side by side: both sleeps overlap.
-    assert!(
-        took < std::time::Duration::from_millis(2800),
-        "took {took:?}"
-    );
     assert!(
         stderr.contains("[alpha] alpha starts") && stderr.contains("[beta] beta starts"),
         "{stderr}"
@@ -700,15 +701,35 @@ fn tests_run_side_by_side_each_with_its_own_log() {
         logs[1]
     );
 
-    // -j 1: one after the other.
-    let started = std::time::Instant::now();
-    let out = testrig(
-        dir.path(),
-        &["run", "--rerun", "-j", "1", "alpha.json", "beta.json"],
+    // -j 1: one after the other, seen in the order of their marks in one file: no start between another's start
+    // and end.
+    let events = dir.path().join("events");
+    for name in ["first", "second"] {
+        let script = format!(
+            "import time\nopen('{e}', 'a').write('{name} start\\n')\ntime.sleep(0.3)\n\
+             open('{e}', 'a').write('{name} end\\n')\n",
+            e = events.display()
+        );
+        let plan = format!(
+            r#"{{"name": "{name}", "test_script_text": {}, "vms": {{{VM}}}}}"#,
+            serde_json::to_string(&script).unwrap()
+        );
+        std::fs::write(dir.path().join(format!("{name}.json")), plan).unwrap();
+    }
+    let out = testrig(dir.path(), &["run", "-j", "1", "first.json", "second.json"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
     );
-    assert_eq!(out.status.code(), Some(0));
-    assert!(
-        started.elapsed() >= std::time::Duration::from_secs(3),
-        "-j 1 overlapped"
-    );
+    let order = std::fs::read_to_string(&events).unwrap();
+    let lines: Vec<&str> = order.lines().collect();
+    assert_eq!(lines.len(), 4, "{order}");
+    for pair in lines.chunks(2) {
+        let name = pair[0]
+            .strip_suffix(" start")
+            .unwrap_or_else(|| panic!("-j 1 overlapped: {order}"));
+        assert_eq!(pair[1], format!("{name} end"), "-j 1 overlapped: {order}");
+    }
 }
