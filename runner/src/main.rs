@@ -1,25 +1,15 @@
 //! testrig: runs NixOS VM integration tests outside the Nix sandbox.
 
 mod cache;
-mod cache_command;
-mod cached_run;
 mod cli;
-mod copy_tree;
+mod commands;
 mod driver;
-mod lock;
-mod log;
 mod machine;
-mod nix_eval;
-mod plan_command;
-mod plan_load;
-mod process;
-mod realise;
-mod report;
-mod run_command;
-mod schedule;
+mod nix;
+mod plan;
+mod run;
 mod state;
-mod vlan;
-mod xdg;
+mod support;
 
 use std::process::ExitCode;
 
@@ -39,9 +29,9 @@ fn main() -> ExitCode {
     };
     let code = runtime.block_on(async {
         match cli.command {
-            cli::Command::Run(args) => run_command::run(args).await,
-            cli::Command::Plan(args) => plan_command::run(args).await,
-            cli::Command::Cache(args) => cache_command::run(args),
+            cli::Command::Run(args) => commands::run::run(args).await,
+            cli::Command::Plan(args) => commands::plan::run(args).await,
+            cli::Command::Cache(args) => commands::cache::run(args),
         }
     });
     ExitCode::from(code)

@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use super::layout::{self, LOCKS_DIR};
 use super::store::Cache;
-use crate::lock;
+use crate::support::lock;
 
 #[derive(Debug, Clone, Copy)]
 pub struct Policy {

@@ -10,7 +10,7 @@ use std::path::Path;
 use super::entry::Entry;
 use super::layout::{self, EntryPaths};
 use super::store::Cache;
-use crate::lock::LockGuard;
+use crate::support::lock::LockGuard;
 
 /// An entry being written. Dropped without [`Staging::commit`], it removes its dir.
 #[derive(Debug)]

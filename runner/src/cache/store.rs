@@ -9,8 +9,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use super::entry::Entry;
 use super::layout::{self, EntryPaths, ENTRIES_DIR, LOCKS_DIR};
 use super::read::{read_entry, Corrupt};
-use crate::lock::{self, LockError, LockGuard};
-use crate::xdg::{self, NoHome};
+use crate::support::lock::{self, LockError, LockGuard};
+use crate::support::xdg::{self, NoHome};
 
 const CACHEDIR_TAG: &str = "Signature: 8a477f597d28d172789f06886806bc55\n\
 # This file marks testrig's result cache; backup tools may skip this dir.\n";

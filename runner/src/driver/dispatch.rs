@@ -8,8 +8,8 @@ use serde_json::{json, Value};
 
 use super::request::{GlobalOp, MachineOp, Request, Seconds};
 use super::session::{ScriptResult, Session, SubtestRecord};
-use crate::log::{self, Section};
 use crate::machine::{shell_quote, Machine, OpError, OpResult};
+use crate::support::log::{self, Section};
 
 /// nixpkgs' default for every wait.
 const DEFAULT_TIMEOUT: f64 = 900.0;

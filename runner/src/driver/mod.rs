@@ -6,6 +6,7 @@ mod request;
 mod rpc;
 mod run;
 mod session;
+mod vlan;
 
 pub use run::{run_test, Outcome, RunOptions, RunResult};
 pub use session::SubtestRecord;

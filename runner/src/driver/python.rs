@@ -7,7 +7,7 @@ use serde_json::json;
 use tokio::process::Command;
 
 use crate::machine::VmConfig;
-use crate::process::GroupChild;
+use crate::support::process::GroupChild;
 use testrig_bridge::python_identifier;
 use tracing::Instrument;
 
@@ -106,7 +106,7 @@ pub fn forward_output(python: &mut GroupChild) -> tokio::task::JoinHandle<()> {
                 let Some(stream) = stream else { return };
                 let mut lines = BufReader::new(stream).lines();
                 while let Ok(Some(line)) = lines.next_line().await {
-                    crate::log::script_output(&line, to_stderr);
+                    crate::support::log::script_output(&line, to_stderr);
                 }
             };
             tokio::join!(

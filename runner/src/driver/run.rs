@@ -11,11 +11,11 @@ use tokio::signal::unix::{signal, SignalKind};
 use super::python::{self, PythonSetup};
 use super::rpc;
 use super::session::{MachineSetup, Session, SubtestRecord};
-use crate::log;
+use super::vlan::VdeSwitch;
 use crate::machine::{Machine, Timeouts, VmConfig};
-use crate::plan_load::LoadedPlan;
-use crate::process::TERMINATE_GRACE;
-use crate::vlan::VdeSwitch;
+use crate::plan::load::LoadedPlan;
+use crate::support::log;
+use crate::support::process::TERMINATE_GRACE;
 
 #[derive(Debug, Clone)]
 pub struct RunOptions {
@@ -190,7 +190,7 @@ async fn global_deadline(timeout: Duration, session: &Session) {
 /// switches. Each step is bounded, so teardown cannot hang.
 async fn teardown(
     session: &Session,
-    python: &mut crate::process::GroupChild,
+    python: &mut crate::support::process::GroupChild,
     server: tokio::task::JoinHandle<()>,
     switches: Vec<VdeSwitch>,
     outcome: &Outcome,

@@ -6,8 +6,8 @@ use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::log::Section;
 use crate::machine::{Machine, OpError, OpResult, Timeouts, VmConfig};
+use crate::support::log::Section;
 
 /// One `subtest(...)` of the script: a JUnit testcase.
 #[derive(Debug, Clone)]
@@ -56,7 +56,7 @@ pub struct Session {
     /// Set when `--debug-on-failure` opened its prompt: the global timeout no longer applies.
     pub debugging: AtomicBool,
     /// Whether the test may use OCR (`get_screen_text`, `wait_for_text`): see
-    /// [`crate::plan_load::LoadedPlan::ocr_allowed`].
+    /// [`crate::plan::load::LoadedPlan::ocr_allowed`].
     pub ocr_allowed: bool,
 }
 

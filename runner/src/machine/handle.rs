@@ -11,7 +11,7 @@ use super::console::Console;
 use super::error::{OpError, OpResult};
 use super::shell::CommandOutput;
 use super::vm::{RunningVm, VmConfig};
-use crate::log::{self, Section};
+use crate::support::log::{self, Section};
 
 /// The deadlines of a run, in one place.
 #[derive(Debug, Clone, Copy)]

@@ -10,7 +10,7 @@ use std::time::Duration;
 use tokio::io::AsyncReadExt;
 use tokio::process::Command;
 
-use crate::process::{GroupChild, TERMINATE_GRACE};
+use crate::support::process::{GroupChild, TERMINATE_GRACE};
 
 /// How socat ended.
 #[derive(Debug)]

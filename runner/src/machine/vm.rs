@@ -19,8 +19,8 @@ use super::console::Console;
 use super::monitor::Monitor;
 use super::qmp::Qmp;
 use super::shell::{Framing, Shell};
-use crate::log;
-use crate::process::{GroupChild, TERMINATE_GRACE};
+use crate::support::log;
+use crate::support::process::{GroupChild, TERMINATE_GRACE};
 use tracing::Instrument;
 
 /// How long QEMU may take to connect to the monitor and shell sockets after its start script runs.

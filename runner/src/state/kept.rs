@@ -12,7 +12,7 @@ use std::time::Duration;
 use thiserror::Error;
 
 use super::identity::{read_tag, write_tag, NodeIdentity, Tag, TAG_FORMAT};
-use crate::lock::{self, LockError, LockGuard};
+use crate::support::lock::{self, LockError, LockGuard};
 
 /// The longest path QEMU can listen on (`sun_path` is 108 bytes with its NUL) less the longest socket name it gets
 /// in a state dir (`/monitor`).

@@ -6,17 +6,17 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::cache::{Cache, Lookup};
-use crate::cached_run;
 use crate::cli::RunArgs;
 use crate::driver::{run_test, Outcome, RunOptions, RunResult};
-use crate::log;
 use crate::machine::Timeouts;
-use crate::nix_eval;
-use crate::plan_load::{
+use crate::nix::eval;
+use crate::nix::realise;
+use crate::plan::load::{
     load_plan_file, machines_from_flags, plan_from_flags, BadInput, LoadedPlan,
 };
-use crate::realise;
-use crate::schedule;
+use crate::run::cached;
+use crate::run::schedule;
+use crate::support::log;
 
 pub const EXIT_BAD_INPUT: u8 = 2;
 
@@ -35,7 +35,7 @@ pub async fn run(args: RunArgs) -> u8 {
     let budget = schedule::Budget::of_machine(if args.prompts() { Some(1) } else { args.jobs });
     log::prefix_test_names(several && budget.jobs > 1);
     let codes = schedule::run_all(&plans, budget, |plan| {
-        cached_run::run_plan(&args, plan, several, cache.as_ref())
+        cached::run_plan(&args, plan, several, cache.as_ref())
     })
     .await;
     let failed: Vec<&str> = plans
@@ -129,7 +129,7 @@ async fn load_plans(args: &RunArgs, cache: Option<&Cache>) -> Result<Vec<LoadedP
         .plans
         .iter()
         .map(|p| p.to_string_lossy().into_owned())
-        .filter(|p| nix_eval::is_nix_reference(p))
+        .filter(|p| eval::is_nix_reference(p))
         .collect();
     if !args.nix.attrs.is_empty() && nix_refs.is_empty() {
         return Err(BadInput(
@@ -141,8 +141,7 @@ async fn load_plans(args: &RunArgs, cache: Option<&Cache>) -> Result<Vec<LoadedP
         let text = file.to_string_lossy();
         let loaded = if nix_refs.iter().any(|r| *r == text) {
             let answered = |plan: &LoadedPlan| answered_from_cache(args, cache, plan);
-            nix_eval::load_nix_plans(&args.nix, &text, args.test_script.as_deref(), &answered)
-                .await?
+            eval::load_nix_plans(&args.nix, &text, args.test_script.as_deref(), &answered).await?
         } else {
             from_files.push(plans.len());
             vec![load_plan_file(&file, args.test_script.as_deref())?]

@@ -10,9 +10,9 @@ use std::time::Instant;
 
 use tokio::process::Command;
 
-use crate::nix_eval::{command_line, common_options, find_nix, spawn_error, NixError};
-use crate::plan_load::LoadedPlan;
-use crate::process::GroupChild;
+use super::eval::{command_line, common_options, find_nix, spawn_error, NixError};
+use crate::plan::load::LoadedPlan;
+use crate::support::process::GroupChild;
 
 /// What `nix build` is asked for: installables (`DRV^OUTPUT`) and, for the log, whom each is for.
 #[derive(Debug, Default, PartialEq, Eq)]

@@ -16,14 +16,14 @@ use thiserror::Error;
 use tokio::io::AsyncReadExt;
 use tokio::process::Command;
 
-use crate::plan_load::{load_evaluated_plan, BadInput, LoadedPlan};
-use crate::process::GroupChild;
+use crate::plan::load::{load_evaluated_plan, BadInput, LoadedPlan};
+use crate::support::process::GroupChild;
 
 /// The pure-Nix extractor, passed to `nix eval --apply` as text so that it works from any installed location.
-const PLAN_NIX: &str = include_str!("../../nix/plan.nix");
+const PLAN_NIX: &str = include_str!("../../../nix/plan.nix");
 
 /// Adds the Python of a test's `extraPythonPackages` to its plan, after either extractor.
-const PYTHON_ENV_NIX: &str = include_str!("../../nix/python-env.nix");
+const PYTHON_ENV_NIX: &str = include_str!("../../../nix/python-env.nix");
 
 /// The plugin's file name, looked for next to the `testrig` binary.
 const PLUGIN_FILE: &str = "libtestrig.so";
@@ -388,7 +388,7 @@ pub async fn load_nix_plans(
             loaded.len()
         );
     }
-    crate::realise::realise(&evaluator.nix, &to_build)
+    super::realise::realise(&evaluator.nix, &to_build)
         .await
         .map_err(|e| BadInput(e.to_string()))?;
     Ok(loaded)

@@ -10,8 +10,8 @@ use serde_json::{json, Value};
 
 use crate::cache::{self, Cache, GcPolicy, Listed};
 use crate::cli::{CacheArgs, CacheCommand};
-use crate::lock;
-use crate::log::{self, LogFormat};
+use crate::support::lock;
+use crate::support::log::{self, LogFormat};
 
 const EXIT_NOT_DONE: u8 = 1;
 const EXIT_ERROR: u8 = 2;

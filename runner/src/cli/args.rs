@@ -8,9 +8,9 @@ use std::time::Duration;
 use clap::{ArgAction, Args, Parser, Subcommand};
 
 use crate::cache::{parse_duration, parse_size};
-use crate::log::LogFormat;
-use crate::nix_eval::NixArgs;
-use crate::plan_command::PlanArgs;
+use crate::commands::plan::PlanArgs;
+use crate::nix::eval::NixArgs;
+use crate::support::log::LogFormat;
 
 #[derive(Debug, Parser)]
 #[command(

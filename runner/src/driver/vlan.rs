@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use tokio::process::{ChildStdin, Command};
 
-use crate::process::{GroupChild, TERMINATE_GRACE};
+use crate::support::process::{GroupChild, TERMINATE_GRACE};
 
 /// How long a switch may take to create its control socket.
 const SWITCH_START_DEADLINE: Duration = Duration::from_secs(10);

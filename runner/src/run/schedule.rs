@@ -7,7 +7,7 @@ use std::future::Future;
 
 use futures::stream::{FuturesUnordered, StreamExt};
 
-use crate::plan_load::LoadedPlan;
+use crate::plan::load::LoadedPlan;
 
 /// nixpkgs' `virtualisation.memorySize` default, for plans that do not say.
 const DEFAULT_VM_MEMORY_MB: u64 = 1024;

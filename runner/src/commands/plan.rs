@@ -5,9 +5,9 @@
 
 use clap::{ArgAction, Args};
 
-use crate::log::{self, LogFormat};
-use crate::nix_eval::{references, Evaluator, NixArgs};
-use crate::run_command::EXIT_BAD_INPUT;
+use crate::commands::run::EXIT_BAD_INPUT;
+use crate::nix::eval::{references, Evaluator, NixArgs};
+use crate::support::log::{self, LogFormat};
 
 #[derive(Debug, Args)]
 pub struct PlanArgs {

@@ -10,15 +10,15 @@ use std::time::{Duration, Instant};
 
 use crate::cache::{self, Cache, Entry, EntryPaths, Lookup, Staging};
 use crate::cli::RunArgs;
-use crate::copy_tree::copy_tree;
+use crate::commands::run::{execute, EXIT_BAD_INPUT};
 use crate::driver::{Outcome, RunResult, SubtestRecord};
-use crate::lock::{LockError, LockGuard};
-use crate::log;
-use crate::plan_load::LoadedPlan;
-use crate::report;
-use crate::run_command::{execute, EXIT_BAD_INPUT};
+use crate::plan::load::LoadedPlan;
+use crate::run::report;
 use crate::state::{self, KeepOptions, KeptState, NodeSpec};
-use crate::xdg;
+use crate::support::copy_tree::copy_tree;
+use crate::support::lock::{LockError, LockGuard};
+use crate::support::log;
+use crate::support::xdg;
 use tracing::Instrument;
 
 /// How long past the first run's global timeout a second run of the same key waits for it.
@@ -369,7 +369,7 @@ async fn lock_key(cache: &Cache, plan: &LoadedPlan) -> Result<LockGuard, LockErr
         return Ok(lock);
     }
     let wait = Duration::from_secs(plan.plan.global_timeout) + KEY_WAIT_GRACE;
-    let holder = crate::lock::holder(&cache.lock_path(key))
+    let holder = crate::support::lock::holder(&cache.lock_path(key))
         .map(|pid| format!("PID {pid}"))
         .unwrap_or_else(|| "PID unknown".into());
     log::line(

@@ -1,0 +1,4 @@
+//! Nix: evaluating tests to plans (`nix eval`) and building what they need (`nix build`).
+
+pub mod eval;
+pub mod realise;

@@ -1,0 +1,3 @@
+//! Plans: from what the user named to a plan that can run.
+
+pub mod load;

@@ -1,0 +1,5 @@
+//! Running tests: side by side within the machine's budget, each through the result cache, with its report.
+
+pub mod cached;
+pub mod report;
+pub mod schedule;
