@@ -24,7 +24,7 @@ fn main() -> ExitCode {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("testrig: cannot start the async runtime: {e}");
-            return ExitCode::from(2);
+            return ExitCode::from(support::exit::BAD_INPUT);
         }
     };
     let code = runtime.block_on(async {

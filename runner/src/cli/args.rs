@@ -8,7 +8,6 @@ use std::time::Duration;
 use clap::{ArgAction, Args, Parser, Subcommand};
 
 use crate::cache::{parse_duration, parse_size};
-use crate::commands::plan::PlanArgs;
 use crate::nix::eval::NixArgs;
 use crate::support::log::LogFormat;
 
@@ -241,6 +240,28 @@ impl RunArgs {
     pub fn verbosity(&self) -> i8 {
         self.verbose as i8 - self.quiet as i8
     }
+}
+
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    /// FILE.nix (with -A ATTR), or FLAKEREF#ATTR: a NixOS test, or an attribute set of them.
+    #[arg(value_name = "REFERENCE")]
+    pub reference: String,
+
+    #[command(flatten)]
+    pub nix: NixArgs,
+
+    /// One line of JSON instead of an indented document.
+    #[arg(long = "compact")]
+    pub compact: bool,
+
+    /// More log on stderr.
+    #[arg(short = 'v', long = "verbose", action = ArgAction::Count)]
+    pub verbose: u8,
+
+    /// Less log on stderr (only errors).
+    #[arg(short = 'q', long = "quiet", action = ArgAction::Count)]
+    pub quiet: u8,
 }
 
 #[derive(Debug, Args)]

@@ -2,4 +2,4 @@
 
 mod args;
 
-pub use args::{parse, CacheArgs, CacheCommand, Command, RunArgs};
+pub use args::{parse, CacheArgs, CacheCommand, Command, PlanArgs, RunArgs};

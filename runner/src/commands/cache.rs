@@ -10,11 +10,8 @@ use serde_json::{json, Value};
 
 use crate::cache::{self, Cache, GcPolicy, Listed};
 use crate::cli::{CacheArgs, CacheCommand};
-use crate::support::lock;
 use crate::support::log::{self, LogFormat};
-
-const EXIT_NOT_DONE: u8 = 1;
-const EXIT_ERROR: u8 = 2;
+use crate::support::{exit, lock};
 
 pub fn run(args: CacheArgs) -> u8 {
     log::init(0, LogFormat::Human);
@@ -22,7 +19,7 @@ pub fn run(args: CacheArgs) -> u8 {
         Ok(cache) => cache,
         Err(e) => {
             eprintln!("testrig cache: {e}");
-            return EXIT_ERROR;
+            return exit::BAD_INPUT;
         }
     };
     let json = args.json;
@@ -38,7 +35,7 @@ pub fn run(args: CacheArgs) -> u8 {
     };
     result.unwrap_or_else(|e| {
         eprintln!("testrig cache: {e}");
-        EXIT_ERROR
+        exit::BAD_INPUT
     })
 }
 
@@ -48,11 +45,11 @@ fn ls(cache: &Cache, json: bool) -> std::io::Result<u8> {
     if json {
         let rows: Vec<Value> = listed.iter().map(summary_json).collect();
         print_json(&Value::Array(rows));
-        return Ok(0);
+        return Ok(exit::OK);
     }
     if listed.is_empty() {
         println!("no entries in {}", cache.root().display());
-        return Ok(0);
+        return Ok(exit::OK);
     }
     let rows: Vec<[String; 5]> = listed
         .iter()
@@ -86,7 +83,7 @@ fn ls(cache: &Cache, json: bool) -> std::io::Result<u8> {
             );
         }
     }
-    Ok(0)
+    Ok(exit::OK)
 }
 
 fn show(cache: &Cache, which: &str, json: bool) -> std::io::Result<u8> {
@@ -95,7 +92,7 @@ fn show(cache: &Cache, which: &str, json: bool) -> std::io::Result<u8> {
         Ok(matches) => matches,
         Err(message) => {
             eprintln!("testrig cache: {message}");
-            return Ok(EXIT_NOT_DONE);
+            return Ok(exit::FAILED);
         }
     };
     let chosen = matches[0];
@@ -106,7 +103,7 @@ fn show(cache: &Cache, which: &str, json: bool) -> std::io::Result<u8> {
                 "testrig cache: entry {} is unreadable: {reason}",
                 chosen.paths.dir.display()
             );
-            return Ok(EXIT_NOT_DONE);
+            return Ok(exit::FAILED);
         }
     };
     let artefacts = artefacts(&chosen.paths.out());
@@ -125,7 +122,7 @@ fn show(cache: &Cache, which: &str, json: bool) -> std::io::Result<u8> {
             map.insert("artefacts".into(), Value::Array(files));
         }
         print_json(&value);
-        return Ok(0);
+        return Ok(exit::OK);
     }
     let now = cache::now_secs();
     let mut lines = vec![
@@ -200,7 +197,7 @@ fn show(cache: &Cache, which: &str, json: bool) -> std::io::Result<u8> {
             );
         }
     }
-    Ok(0)
+    Ok(exit::OK)
 }
 
 fn rm(cache: &Cache, which: &[String], json: bool) -> std::io::Result<u8> {
@@ -231,9 +228,9 @@ fn rm(cache: &Cache, which: &[String], json: bool) -> std::io::Result<u8> {
         }
     }
     let code = if in_use.is_empty() && not_found.is_empty() {
-        0
+        exit::OK
     } else {
-        EXIT_NOT_DONE
+        exit::FAILED
     };
     if json {
         print_json(&json!({"removed": removed, "in_use": in_use, "not_found": not_found}));
@@ -275,7 +272,7 @@ fn gc(cache: &Cache, policy: GcPolicy, dry_run: bool, json: bool) -> std::io::Re
             }
         }
         print_json(&value);
-        return Ok(0);
+        return Ok(exit::OK);
     }
     let verb = if dry_run { "would remove" } else { "removed" };
     for r in &report.removed {
@@ -315,7 +312,7 @@ fn gc(cache: &Cache, policy: GcPolicy, dry_run: bool, json: bool) -> std::io::Re
             report.leftovers_removed
         );
     }
-    Ok(0)
+    Ok(exit::OK)
 }
 
 /// The entries `selector` names, newest first: a key, a test name, or a unique prefix of a key.

@@ -3,44 +3,21 @@
 //! flake's `checks.<system>`) gives `{"plans": {<name>: plan}, "skipped": {<name>: reason}}`. Exit 0, or 2 when
 //! Nix cannot be found, the plugin cannot be used, or the evaluation fails.
 
-use clap::{ArgAction, Args};
-
-use crate::commands::run::EXIT_BAD_INPUT;
-use crate::nix::eval::{references, Evaluator, NixArgs};
+use crate::cli::PlanArgs;
+use crate::nix::eval::{references, Evaluator};
+use crate::support::exit;
 use crate::support::log::{self, LogFormat};
-
-#[derive(Debug, Args)]
-pub struct PlanArgs {
-    /// FILE.nix (with -A ATTR), or FLAKEREF#ATTR: a NixOS test, or an attribute set of them.
-    #[arg(value_name = "REFERENCE")]
-    pub reference: String,
-
-    #[command(flatten)]
-    pub nix: NixArgs,
-
-    /// One line of JSON instead of an indented document.
-    #[arg(long = "compact")]
-    pub compact: bool,
-
-    /// More log on stderr.
-    #[arg(short = 'v', long = "verbose", action = ArgAction::Count)]
-    pub verbose: u8,
-
-    /// Less log on stderr (only errors).
-    #[arg(short = 'q', long = "quiet", action = ArgAction::Count)]
-    pub quiet: u8,
-}
 
 pub async fn run(args: PlanArgs) -> u8 {
     log::init(args.verbose as i8 - args.quiet as i8, LogFormat::Human);
     match plan(&args).await {
         Ok(json) => {
             println!("{json}");
-            0
+            exit::OK
         }
         Err(message) => {
             eprintln!("testrig: {message}");
-            EXIT_BAD_INPUT
+            exit::BAD_INPUT
         }
     }
 }

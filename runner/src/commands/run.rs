@@ -1,24 +1,19 @@
-//! `testrig run`: load each test, run it (or answer from the result cache, see `cached_run`), report. Exit 0 when
+//! `testrig run`: load each test, run it (or answer from the result cache, see `run::cached`), report. Exit 0 when
 //! all passed, 1 when one failed, 2 on bad input.
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::time::Duration;
 
 use crate::cache::{Cache, Lookup};
 use crate::cli::RunArgs;
-use crate::driver::{run_test, Outcome, RunOptions, RunResult};
-use crate::machine::Timeouts;
 use crate::nix::eval;
-use crate::nix::realise;
+use crate::nix::realise::{self, Needs};
+use crate::plan::from_nix;
 use crate::plan::load::{
     load_plan_file, machines_from_flags, plan_from_flags, BadInput, LoadedPlan,
 };
 use crate::run::cached;
 use crate::run::schedule;
-use crate::support::log;
-
-pub const EXIT_BAD_INPUT: u8 = 2;
+use crate::support::{exit, log};
 
 pub async fn run(args: RunArgs) -> u8 {
     log::init(args.verbosity(), args.log_format);
@@ -27,7 +22,7 @@ pub async fn run(args: RunArgs) -> u8 {
         Ok(plans) => plans,
         Err(e) => {
             eprintln!("testrig: {e}");
-            return EXIT_BAD_INPUT;
+            return exit::BAD_INPUT;
         }
     };
     let several = plans.len() > 1;
@@ -71,7 +66,7 @@ fn open_cache(args: &RunArgs) -> Option<Cache> {
     }
 }
 
-/// Whether `cached_run` will answer `plan` from the cache without running it (so its VMs need not be built).
+/// Whether `run::cached` will answer `plan` from the cache without running it (so its VMs need not be built).
 fn answered_from_cache(args: &RunArgs, cache: Option<&Cache>, plan: &LoadedPlan) -> bool {
     let skip_allowed = !args.rerun && !args.keep_vm_state;
     skip_allowed
@@ -141,7 +136,8 @@ async fn load_plans(args: &RunArgs, cache: Option<&Cache>) -> Result<Vec<LoadedP
         let text = file.to_string_lossy();
         let loaded = if nix_refs.iter().any(|r| *r == text) {
             let answered = |plan: &LoadedPlan| answered_from_cache(args, cache, plan);
-            eval::load_nix_plans(&args.nix, &text, args.test_script.as_deref(), &answered).await?
+            from_nix::load_nix_plans(&args.nix, &text, args.test_script.as_deref(), &answered)
+                .await?
         } else {
             from_files.push(plans.len());
             vec![load_plan_file(&file, args.test_script.as_deref())?]
@@ -160,52 +156,9 @@ async fn load_plans(args: &RunArgs, cache: Option<&Cache>) -> Result<Vec<LoadedP
         .map(|&i| &plans[i])
         .filter(|plan| !answered_from_cache(args, cache, plan))
         .collect();
-    realise::realise_plan_files(&to_build)
+    let needs: Vec<Needs> = to_build.iter().map(|plan| plan.needs()).collect();
+    realise::realise_plan_files(&needs)
         .await
         .map_err(|e| BadInput(e.to_string()))?;
     Ok(plans)
-}
-
-/// Runs the test with its outputs in `out_dir` and logs the outcome.
-pub async fn execute(
-    args: &RunArgs,
-    plan: &LoadedPlan,
-    out_dir: PathBuf,
-    state_dirs: Option<BTreeMap<String, PathBuf>>,
-) -> anyhow::Result<RunResult> {
-    let options = RunOptions {
-        out_dir,
-        state_dirs,
-        python: args
-            .python
-            .clone()
-            .or_else(|| plan.plan.python.clone())
-            .unwrap_or_else(|| "python3".into()),
-        timeouts: Timeouts {
-            boot: Duration::from_secs(args.boot_timeout),
-            ..Timeouts::default()
-        },
-        interactive: args.interactive,
-        debug_on_failure: args.debug_on_failure,
-    };
-    let result = run_test(plan, &options).await;
-    match &result {
-        Ok(result) => {
-            let secs = result.duration.as_secs_f64();
-            match &result.outcome {
-                Outcome::Passed => {
-                    log::line(None, &format!("{}: passed in {secs:.1} s", plan.name))
-                }
-                Outcome::Failed(message) => {
-                    tracing::error!("{}: failed after {secs:.1} s: {message}", plan.name)
-                }
-                Outcome::TimedOut(t) => {
-                    tracing::error!("{}: global timeout of {} s reached", plan.name, t.as_secs())
-                }
-                Outcome::Interrupted(sig) => tracing::error!("{}: interrupted by {sig}", plan.name),
-            }
-        }
-        Err(e) => tracing::error!("{}: {e:#}", plan.name),
-    }
-    result
 }

@@ -14,6 +14,7 @@ use super::session::{MachineSetup, Session, SubtestRecord};
 use super::vlan::VdeSwitch;
 use crate::machine::{Machine, Timeouts, VmConfig};
 use crate::plan::load::LoadedPlan;
+use crate::support::exit;
 use crate::support::log;
 use crate::support::process::TERMINATE_GRACE;
 
@@ -43,10 +44,10 @@ pub enum Outcome {
 impl Outcome {
     pub fn exit_code(&self) -> u8 {
         match self {
-            Outcome::Passed => 0,
-            Outcome::Failed(_) | Outcome::TimedOut(_) => 1,
-            Outcome::Interrupted("SIGINT") => 130,
-            Outcome::Interrupted(_) => 143,
+            Outcome::Passed => exit::OK,
+            Outcome::Failed(_) | Outcome::TimedOut(_) => exit::FAILED,
+            Outcome::Interrupted("SIGINT") => exit::SIGINT,
+            Outcome::Interrupted(_) => exit::SIGTERM,
         }
     }
 }

@@ -1,23 +1,18 @@
 //! Tests named by a Nix reference (`FILE.nix [-A ATTR]`, `FLAKEREF#ATTR`) become plans: `nix eval` with testrig's
-//! plugin (`builtins.nixosTestPlan`), or with the pure-Nix extractor `nix/plan.nix` when there is no plugin; then
-//! the start scripts' derivations are realised with `nix build`, so that the plans can run.
+//! plugin (`builtins.nixosTestPlan`), or with the pure-Nix extractor `nix/plan.nix` when there is no plugin (what
+//! they need is then built by `realise`, see `plan::from_nix`).
 //!
 //! Both extractors give the same plans; whatever comes back is validated and completed here by the same code
 //! (`plan_from_facts`), so a plan never depends on which one made it. Nothing here assumes a particular Nix
 //! installation: `nix` comes from `TESTRIG_NIX` or `PATH`.
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::Instant;
 
 use clap::Args;
 use testrig_bridge::{plan_from_facts, plans_from_facts_set, Plan};
-use thiserror::Error;
-use tokio::io::AsyncReadExt;
-use tokio::process::Command;
 
-use crate::plan::load::{load_evaluated_plan, BadInput, LoadedPlan};
-use crate::support::process::GroupChild;
+use super::command::{common_options, find_nix, run_captured, NixError};
 
 /// The pure-Nix extractor, passed to `nix eval --apply` as text so that it works from any installed location.
 const PLAN_NIX: &str = include_str!("../../../nix/plan.nix");
@@ -108,22 +103,6 @@ pub fn references(arg: &str, attrs: &[String]) -> Result<Vec<TestRef>, String> {
             attr: attr.clone(),
         })
         .collect())
-}
-
-#[derive(Debug, Error)]
-pub enum NixError {
-    #[error("cannot find `nix`: {0}")]
-    NixNotFound(String),
-    #[error("cannot use the plugin {}: {message}", .path.display())]
-    Plugin { path: PathBuf, message: String },
-    #[error("evaluating {reference} failed:\n{message}")]
-    Evaluation { reference: String, message: String },
-    #[error("evaluating {reference} gave a plan testrig cannot use: {message}")]
-    BadPlan { reference: String, message: String },
-    #[error("building the start scripts failed ({command}):\n{message}")]
-    Build { command: String, message: String },
-    #[error("cannot run {command}: {message}")]
-    Spawn { command: String, message: String },
 }
 
 /// What evaluating a reference gave: one plan, or the plans of a set with the attributes that were not tests.
@@ -219,6 +198,11 @@ impl Evaluator {
             extractor,
             args: args.clone(),
         })
+    }
+
+    /// The `nix` it evaluates with.
+    pub fn nix(&self) -> &Path {
+        &self.nix
     }
 
     /// Evaluates one reference to its plans (validated, with their cache keys).
@@ -345,63 +329,6 @@ impl Evaluator {
     }
 }
 
-/// `testrig run`'s way in: evaluates `arg` (with the `-A` attributes), loads the plans as plan files are loaded,
-/// and builds the start scripts of those that will run: a test the cache will answer (`answered`) needs no VM, so
-/// a cached pass costs no build even after its VMs were garbage-collected. A set's plans are named by their
-/// attributes when they have no name.
-pub async fn load_nix_plans(
-    nix: &NixArgs,
-    arg: &str,
-    test_script_override: Option<&Path>,
-    answered: &dyn Fn(&LoadedPlan) -> bool,
-) -> Result<Vec<LoadedPlan>, BadInput> {
-    let refs = references(arg, &nix.attrs).map_err(BadInput)?;
-    let evaluator = Evaluator::locate(nix).map_err(|e| BadInput(e.to_string()))?;
-    let mut loaded = Vec::new();
-    for reference in &refs {
-        let result = evaluator
-            .evaluate(reference)
-            .await
-            .map_err(|e| BadInput(e.to_string()))?;
-        if let Evaluated::Set { skipped, .. } = &result {
-            for (name, reason) in skipped {
-                tracing::info!("{reference}: skipping `{name}`: {reason}");
-            }
-        }
-        for (name, plan) in result.plans() {
-            let fallback = name.map(str::to_owned).unwrap_or_else(|| match reference {
-                TestRef::File { attr, .. } if !attr.is_empty() => attr.clone(),
-                _ => "nixos-test".into(),
-            });
-            loaded.push(load_evaluated_plan(
-                plan.clone(),
-                &fallback,
-                test_script_override,
-            )?);
-        }
-    }
-    let to_build: Vec<&LoadedPlan> = loaded.iter().filter(|plan| !answered(plan)).collect();
-    if to_build.len() < loaded.len() {
-        tracing::debug!(
-            "{} of {} tests will be answered from the cache; not building their VMs",
-            loaded.len() - to_build.len(),
-            loaded.len()
-        );
-    }
-    super::realise::realise(&evaluator.nix, &to_build)
-        .await
-        .map_err(|e| BadInput(e.to_string()))?;
-    Ok(loaded)
-}
-
-/// Options every `nix` call gets: the new CLI and flakes, whatever the user's nix.conf says.
-pub(crate) fn common_options() -> Vec<String> {
-    vec![
-        "--extra-experimental-features".into(),
-        "nix-command flakes".into(),
-    ]
-}
-
 /// A Nix string literal.
 fn nix_string(s: &str) -> String {
     let escaped = s
@@ -409,30 +336,6 @@ fn nix_string(s: &str) -> String {
         .replace('"', "\\\"")
         .replace("${", "\\${");
     format!("\"{escaped}\"")
-}
-
-/// `TESTRIG_NIX`, else `nix` on `PATH`.
-pub(crate) fn find_nix() -> Result<PathBuf, NixError> {
-    if let Some(nix) = std::env::var_os("TESTRIG_NIX").filter(|v| !v.is_empty()) {
-        let nix = PathBuf::from(nix);
-        if !nix.is_file() {
-            return Err(NixError::NixNotFound(format!(
-                "TESTRIG_NIX is {}, which is not a file",
-                nix.display()
-            )));
-        }
-        return Ok(nix);
-    }
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .map(|dir| dir.join("nix"))
-        .find(|candidate| candidate.is_file())
-        .ok_or_else(|| {
-            NixError::NixNotFound(
-                "it is not on PATH and TESTRIG_NIX is not set (testrig evaluates tests with Nix 2.18 or later)"
-                    .into(),
-            )
-        })
 }
 
 /// Where the plugin may be, relative to the (resolved) binary: beside it; `../lib` (an installed package);
@@ -496,72 +399,6 @@ fn describe(evaluated: &Evaluated) -> String {
             text
         }
     }
-}
-
-struct Captured {
-    success: bool,
-    stdout: Vec<u8>,
-    stderr: Vec<u8>,
-}
-
-async fn run_captured(program: &Path, argv: &[String]) -> Result<Captured, NixError> {
-    let mut command = Command::new(program);
-    command
-        .args(argv)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let what = command_line(program, &argv[..argv.len().min(8)]);
-    tracing::debug!("running {}", command_line(program, argv));
-    let mut child =
-        GroupChild::spawn(&mut command, what.clone()).map_err(|e| spawn_error(program, e))?;
-    let mut stdout = child.child_mut().stdout.take().expect("stdout is piped");
-    let mut stderr = child.child_mut().stderr.take().expect("stderr is piped");
-    let (mut out, mut err) = (Vec::new(), Vec::new());
-    let (read_out, read_err, status) = tokio::join!(
-        stdout.read_to_end(&mut out),
-        stderr.read_to_end(&mut err),
-        child.wait()
-    );
-    let io = |e: std::io::Error| NixError::Spawn {
-        command: what.clone(),
-        message: e.to_string(),
-    };
-    read_out.map_err(io)?;
-    read_err.map_err(io)?;
-    let status = status.map_err(io)?;
-    Ok(Captured {
-        success: status.success(),
-        stdout: out,
-        stderr: err,
-    })
-}
-
-pub(crate) fn spawn_error(program: &Path, e: std::io::Error) -> NixError {
-    if e.kind() == std::io::ErrorKind::NotFound {
-        NixError::NixNotFound(format!("{}: {e}", program.display()))
-    } else {
-        NixError::Spawn {
-            command: program.display().to_string(),
-            message: e.to_string(),
-        }
-    }
-}
-
-/// A command line for messages (arguments with spaces quoted; the long `--apply` text shortened).
-pub(crate) fn command_line(program: &Path, argv: &[String]) -> String {
-    let mut line = program.display().to_string();
-    for arg in argv {
-        line.push(' ');
-        if arg.len() > 120 {
-            line.push_str("'...'");
-        } else if arg.contains([' ', '\n', '"', '\'']) || arg.is_empty() {
-            line.push_str(&format!("'{arg}'"));
-        } else {
-            line.push_str(arg);
-        }
-    }
-    line
 }
 
 #[cfg(test)]

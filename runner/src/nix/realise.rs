@@ -8,11 +8,21 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::Instant;
 
+use testrig_bridge::Plan;
 use tokio::process::Command;
 
-use super::eval::{command_line, common_options, find_nix, spawn_error, NixError};
-use crate::plan::load::LoadedPlan;
+use super::command::{command_line, common_options, find_nix, spawn_error, NixError};
 use crate::support::process::GroupChild;
+
+/// What one test may need from the store before it runs: its plan's start scripts, Python and test script inputs.
+#[derive(Debug, Clone, Copy)]
+pub struct Needs<'a> {
+    /// The test's name, for the log.
+    pub name: &'a str,
+    pub plan: &'a Plan,
+    /// The script that will run (`--test-script` may replace the plan's).
+    pub test_script_text: &'a str,
+}
 
 /// What `nix build` is asked for: installables (`DRV^OUTPUT`) and, for the log, whom each is for.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -22,7 +32,7 @@ struct Wanted {
 }
 
 impl Wanted {
-    fn of(plans: &[&LoadedPlan]) -> Wanted {
+    fn of(plans: &[Needs]) -> Wanted {
         let mut wanted = Wanted::default();
         let add = |list: &mut Vec<(String, String)>, installable: String, whom: &str| {
             if !list.iter().any(|(i, _)| *i == installable) {
@@ -42,17 +52,13 @@ impl Wanted {
             }
             if let (Some(python), Some(drv)) = (&loaded.plan.python, &loaded.plan.python_drv) {
                 if !Path::new(python).exists() {
-                    add(
-                        &mut wanted.script_inputs,
-                        format!("{drv}^out"),
-                        &loaded.name,
-                    );
+                    add(&mut wanted.script_inputs, format!("{drv}^out"), loaded.name);
                 }
             }
             let inputs = &loaded.plan.test_script_inputs;
-            if !inputs.is_empty() && missing_store_paths(&loaded.test_script_text, inputs) {
+            if !inputs.is_empty() && missing_store_paths(loaded.test_script_text, inputs) {
                 for input in inputs {
-                    add(&mut wanted.script_inputs, input.clone(), &loaded.name);
+                    add(&mut wanted.script_inputs, input.clone(), loaded.name);
                 }
             }
         }
@@ -90,7 +96,7 @@ impl Wanted {
 }
 
 /// Builds what `plans` need that is not in the store yet with the `nix` at `nix`, showing Nix's progress.
-pub async fn realise(nix: &Path, plans: &[&LoadedPlan]) -> Result<(), NixError> {
+pub async fn realise(nix: &Path, plans: &[Needs<'_>]) -> Result<(), NixError> {
     let wanted = Wanted::of(plans);
     if wanted.is_empty() {
         tracing::debug!("everything the tests need is in the store already");
@@ -101,7 +107,7 @@ pub async fn realise(nix: &Path, plans: &[&LoadedPlan]) -> Result<(), NixError> 
 
 /// [`realise`] for plans read from files: `nix` (`TESTRIG_NIX` or `PATH`) is only looked for when something is
 /// missing and its derivation is known.
-pub async fn realise_plan_files(plans: &[&LoadedPlan]) -> Result<(), NixError> {
+pub async fn realise_plan_files(plans: &[Needs<'_>]) -> Result<(), NixError> {
     let wanted = Wanted::of(plans);
     if wanted.is_empty() {
         return Ok(());

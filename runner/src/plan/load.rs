@@ -6,6 +6,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use testrig_bridge::{cache_key, parse_plan, sha256_hex, Plan};
+
+use crate::nix::realise::Needs;
 use thiserror::Error;
 
 /// Input the runner cannot use. Always exit status 2, with a message that names what was wrong.
@@ -97,7 +99,7 @@ pub fn plan_from_flags(
     )
 }
 
-/// A plan that Nix evaluated (see `nix_eval`): already validated; its start scripts are store paths.
+/// A plan that Nix evaluated (see `nix::eval`): already validated; its start scripts are store paths.
 pub fn load_evaluated_plan(
     plan: Plan,
     fallback_name: &str,
@@ -247,6 +249,15 @@ fn finish(
 }
 
 impl LoadedPlan {
+    /// What it needs from the store before it runs (see `nix::realise`).
+    pub fn needs(&self) -> Needs<'_> {
+        Needs {
+            name: &self.name,
+            plan: &self.plan,
+            test_script_text: &self.test_script_text,
+        }
+    }
+
     /// Whether the test may use OCR. A testrig plan says so in `enable_ocr` (nixpkgs' `enableOCR`). nixpkgs' own
     /// inputs (a driverConfiguration.json, the old driver's flags) do not carry it: there `enableOCR` only puts
     /// tesseract on the driver's PATH, so OCR is allowed and fails if tesseract is missing, as in nixpkgs.

@@ -10,12 +10,13 @@ use std::time::{Duration, Instant};
 
 use crate::cache::{self, Cache, Entry, EntryPaths, Lookup, Staging};
 use crate::cli::RunArgs;
-use crate::commands::run::{execute, EXIT_BAD_INPUT};
 use crate::driver::{Outcome, RunResult, SubtestRecord};
 use crate::plan::load::LoadedPlan;
+use crate::run::execute::execute;
 use crate::run::report;
 use crate::state::{self, KeepOptions, KeptState, NodeSpec};
 use crate::support::copy_tree::copy_tree;
+use crate::support::exit;
 use crate::support::lock::{LockError, LockGuard};
 use crate::support::log;
 use crate::support::xdg;
@@ -67,7 +68,7 @@ async fn run_plan_in_span(
 
     if let Err(e) = plan.check_start_scripts() {
         eprintln!("testrig: {e}");
-        return EXIT_BAD_INPUT;
+        return exit::BAD_INPUT;
     }
     if plan.plan.force_accel && crate::machine::host_accel() == crate::machine::Accel::Tcg {
         eprintln!(
@@ -76,14 +77,14 @@ async fn run_plan_in_span(
             plan.name,
             crate::machine::KVM_NOT_REAL
         );
-        return EXIT_BAD_INPUT;
+        return exit::BAD_INPUT;
     }
     let kept = match unless_interrupted(keep_state(args, plan)).await {
         Err(interrupted) => return interrupted.exit_code(),
         Ok(Ok(kept)) => kept,
         Ok(Err(message)) => {
             tracing::error!("{}: {message}", plan.name);
-            return EXIT_BAD_INPUT;
+            return exit::BAD_INPUT;
         }
     };
     let Some(cache) = cache else {
@@ -106,7 +107,7 @@ async fn run_plan_in_span(
                 plan.name,
                 plan.cache_key
             );
-            return EXIT_BAD_INPUT;
+            return exit::BAD_INPUT;
         }
         Ok(Err(e)) => {
             tracing::warn!("cannot use the result cache: {e}; running without it");
@@ -158,7 +159,7 @@ fn answer_from(
         "{}",
         cache::cached_line(&plan.name, entry, &paths.log(), cache::now_secs())
     );
-    Some(0)
+    Some(exit::OK)
 }
 
 #[allow(clippy::too_many_arguments)] // the pieces of one recorded run, each owned by a different module
@@ -219,7 +220,7 @@ async fn run_recorded(
             plan.name,
             paths.dir.display()
         );
-        return code.max(EXIT_BAD_INPUT);
+        return code.max(exit::BAD_INPUT);
     }
     keep_cache_in_bounds(cache);
     code
@@ -243,7 +244,7 @@ async fn run_uncached(
     if let Some(path) = &args.junit_xml {
         if let Err(e) = report::write_junit(path, &plan.name, &outcome, duration, &subtests) {
             tracing::error!("failed to write JUnit report {}: {e}", path.display());
-            return code.max(EXIT_BAD_INPUT);
+            return code.max(exit::BAD_INPUT);
         }
     }
     code
@@ -287,7 +288,7 @@ async fn execute_with_state(
         Err(e) => Summary {
             outcome: Outcome::Failed(format!("{e:#}")),
             subtests: Vec::new(),
-            code: EXIT_BAD_INPUT,
+            code: exit::BAD_INPUT,
             duration: started.elapsed(),
             error: Some(format!("{e:#}")),
         },
