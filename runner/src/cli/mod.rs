@@ -1,5 +1,14 @@
-//! The command line: clap's types, and the parsing that lets testrig stand in for nixos-test-driver.
+//! The command line: clap's types and nothing else. `commands` turns them into the typed options of the layers
+//! below, which never see a flag.
 
-mod args;
+mod cache;
+mod nix;
+mod parse;
+mod plan;
+mod run;
 
-pub use args::{parse, CacheArgs, CacheCommand, Command, PlanArgs, RunArgs};
+pub use cache::{CacheArgs, CacheCommand};
+pub use nix::NixArgs;
+pub use parse::{parse, Command};
+pub use plan::PlanArgs;
+pub use run::RunArgs;

@@ -3,6 +3,7 @@
 //! flake's `checks.<system>`) gives `{"plans": {<name>: plan}, "skipped": {<name>: reason}}`. Exit 0, or 2 when
 //! Nix cannot be found, the plugin cannot be used, or the evaluation fails.
 
+use super::nix_args::eval_options;
 use crate::cli::PlanArgs;
 use crate::nix::eval::{references, Evaluator};
 use crate::support::exit;
@@ -27,7 +28,7 @@ async fn plan(args: &PlanArgs) -> Result<String, String> {
     let [reference] = refs.as_slice() else {
         return Err("testrig plan prints one test or one set of tests: give at most one -A".into());
     };
-    let evaluator = Evaluator::locate(&args.nix).map_err(|e| e.to_string())?;
+    let evaluator = Evaluator::locate(&eval_options(&args.nix)).map_err(|e| e.to_string())?;
     let evaluated = evaluator
         .evaluate(reference)
         .await

@@ -1,24 +1,25 @@
-//! `testrig run`: load each test, run it (or answer from the result cache, see `run::cached`), report. Exit 0 when
+//! `testrig run`: its arguments become typed options here, at the door (`run::RunOptions`, `plan::sources::Sources`);
+//! then each test is loaded, run (or answered from the result cache, see `run::cached`) and reported. Exit 0 when
 //! all passed, 1 when one failed, 2 on bad input.
 
-use std::path::PathBuf;
+use std::time::Duration;
 
+use super::nix_args::eval_options;
 use crate::cache::{Cache, Lookup};
 use crate::cli::RunArgs;
-use crate::nix::eval;
-use crate::nix::realise::{self, Needs};
-use crate::plan::from_nix;
-use crate::plan::load::{
-    load_plan_file, machines_from_flags, plan_from_flags, BadInput, LoadedPlan,
-};
+use crate::plan::load::{BadInput, LoadedPlan};
+use crate::plan::sources::{load_plans as load_sources, Sources};
 use crate::run::cached;
+use crate::run::options::{CachePolicy, ExecOptions, OutputOptions, RunOptions};
 use crate::run::schedule;
+use crate::state::KeepOptions;
 use crate::support::{exit, log};
 
 pub async fn run(args: RunArgs) -> u8 {
     log::init(args.verbosity(), args.log_format);
-    let cache = open_cache(&args);
-    let plans = match load_plans(&args, cache.as_ref()).await {
+    let options = run_options(&args);
+    let cache = open_cache(&options.cache);
+    let plans = match load_plans(&args, &options.cache, cache.as_ref()).await {
         Ok(plans) => plans,
         Err(e) => {
             eprintln!("testrig: {e}");
@@ -30,7 +31,7 @@ pub async fn run(args: RunArgs) -> u8 {
     let budget = schedule::Budget::of_machine(if args.prompts() { Some(1) } else { args.jobs });
     log::prefix_test_names(several && budget.jobs > 1);
     let codes = schedule::run_all(&plans, budget, |plan| {
-        cached::run_plan(&args, plan, several, cache.as_ref())
+        cached::run_plan(&options, plan, several, cache.as_ref())
     })
     .await;
     let failed: Vec<&str> = plans
@@ -53,8 +54,8 @@ pub async fn run(args: RunArgs) -> u8 {
 }
 
 /// The result cache, unless disabled; a cache that cannot be located only costs a warning.
-fn open_cache(args: &RunArgs) -> Option<Cache> {
-    if args.no_cache {
+fn open_cache(policy: &CachePolicy) -> Option<Cache> {
+    if !policy.enabled {
         return None;
     }
     match Cache::from_env() {
@@ -67,16 +68,59 @@ fn open_cache(args: &RunArgs) -> Option<Cache> {
 }
 
 /// Whether `run::cached` will answer `plan` from the cache without running it (so its VMs need not be built).
-fn answered_from_cache(args: &RunArgs, cache: Option<&Cache>, plan: &LoadedPlan) -> bool {
-    let skip_allowed = !args.rerun && !args.keep_vm_state;
-    skip_allowed
+fn answered_from_cache(policy: &CachePolicy, cache: Option<&Cache>, plan: &LoadedPlan) -> bool {
+    policy.answer_with_pass
         && cache.is_some_and(|cache| {
             matches!(cache.lookup(&plan.cache_key), Lookup::Found(found) if found.entry.is_skippable_pass())
         })
 }
 
-async fn load_plans(args: &RunArgs, cache: Option<&Cache>) -> Result<Vec<LoadedPlan>, BadInput> {
-    let mut plans = Vec::new();
+/// The run's options, from its flags.
+fn run_options(args: &RunArgs) -> RunOptions {
+    RunOptions {
+        cache: CachePolicy {
+            enabled: !args.no_cache,
+            answer_with_pass: !args.rerun && !args.keep_vm_state,
+            record: !args.prompts(),
+        },
+        keep_state: args.keep_vm_state.then_some(KeepOptions {
+            strict: args.strict_state,
+            lock_timeout: args.lock_timeout,
+        }),
+        output: OutputOptions {
+            dir: args.output_directory.clone(),
+            junit_xml: args.junit_xml.clone(),
+        },
+        execution: ExecOptions {
+            python: args.python.clone(),
+            boot_timeout: Duration::from_secs(args.boot_timeout),
+            interactive: args.interactive,
+            debug_on_failure: args.debug_on_failure,
+        },
+    }
+}
+
+/// What to run, from the positional arguments and the driver's flags.
+fn sources(args: &RunArgs) -> Sources {
+    Sources {
+        tests: args.plans.clone(),
+        config: args.config.clone(),
+        test_script: args.test_script.clone(),
+        start_scripts: args.start_scripts.clone(),
+        vm_names: args.vm_names(),
+        vm_start_scripts: args.vm_start_scripts(),
+        vlans: args.vlans(),
+        global_timeout: args.global_timeout,
+        attrs: args.nix.attrs.clone(),
+        eval: eval_options(&args.nix),
+    }
+}
+
+async fn load_plans(
+    args: &RunArgs,
+    policy: &CachePolicy,
+    cache: Option<&Cache>,
+) -> Result<Vec<LoadedPlan>, BadInput> {
     let containers = args.containers();
     if !containers.is_empty() {
         return Err(BadInput(format!(
@@ -87,78 +131,6 @@ async fn load_plans(args: &RunArgs, cache: Option<&Cache>) -> Result<Vec<LoadedP
     if args.dump_vsocks.is_some() {
         tracing::warn!("--dump-vsocks: the ssh backdoor is not supported; ignored");
     }
-    let machines = machines_from_flags(
-        &args.start_scripts,
-        &args.vm_names(),
-        &args.vm_start_scripts(),
-    )?;
-    if !machines.is_empty() {
-        let script = match (&args.test_script, args.plans.as_slice()) {
-            (Some(script), []) => script.clone(),
-            (None, [script]) => script.clone(),
-            _ => return Err(BadInput(
-                "with start scripts given as flags, give exactly one test script (positional or --test-script)"
-                    .into(),
-            )),
-        };
-        plans.push(plan_from_flags(
-            &machines,
-            &args.vlans(),
-            args.global_timeout,
-            &script,
-        )?);
-        return Ok(plans);
-    }
-    let files: Vec<PathBuf> = args
-        .config
-        .iter()
-        .chain(args.plans.iter())
-        .cloned()
-        .collect();
-    if files.is_empty() {
-        return Err(BadInput(
-            "nothing to run: name a test (FILE.nix -A ATTR, FLAKEREF#ATTR), a plan file, or --config driverConfiguration.json".into(),
-        ));
-    }
-    let nix_refs: Vec<String> = args
-        .plans
-        .iter()
-        .map(|p| p.to_string_lossy().into_owned())
-        .filter(|p| eval::is_nix_reference(p))
-        .collect();
-    if !args.nix.attrs.is_empty() && nix_refs.is_empty() {
-        return Err(BadInput(
-            "-A names an attribute of a FILE.nix, but no .nix file is given".into(),
-        ));
-    }
-    let mut from_files = Vec::new();
-    for file in files {
-        let text = file.to_string_lossy();
-        let loaded = if nix_refs.iter().any(|r| *r == text) {
-            let answered = |plan: &LoadedPlan| answered_from_cache(args, cache, plan);
-            from_nix::load_nix_plans(&args.nix, &text, args.test_script.as_deref(), &answered)
-                .await?
-        } else {
-            from_files.push(plans.len());
-            vec![load_plan_file(&file, args.test_script.as_deref())?]
-        };
-        for mut plan in loaded {
-            if let Some(timeout) = args.global_timeout {
-                plan.plan.global_timeout = timeout;
-            }
-            plans.push(plan);
-        }
-    }
-    // A plan file made by the builtin or `testrig plan` names start scripts nothing has built yet (Nix references
-    // are built as they are evaluated). What the cache will answer needs nothing.
-    let to_build: Vec<&LoadedPlan> = from_files
-        .iter()
-        .map(|&i| &plans[i])
-        .filter(|plan| !answered_from_cache(args, cache, plan))
-        .collect();
-    let needs: Vec<Needs> = to_build.iter().map(|plan| plan.needs()).collect();
-    realise::realise_plan_files(&needs)
-        .await
-        .map_err(|e| BadInput(e.to_string()))?;
-    Ok(plans)
+    let answered = |plan: &LoadedPlan| answered_from_cache(policy, cache, plan);
+    load_sources(&sources(args), &answered).await
 }

@@ -9,7 +9,6 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use clap::Args;
 use testrig_bridge::{plan_from_facts, plans_from_facts_set, Plan};
 
 use super::command::{common_options, find_nix, run_captured, NixError};
@@ -27,28 +26,17 @@ const PLUGIN_FILE: &str = "libtestrig.so";
 /// Nix does that, after printing why).
 const NOT_REGISTERED: &str = "testrig: builtins.nixosTestPlan is not available";
 
-/// How tests are evaluated: shared by `testrig run` and `testrig plan`.
-#[derive(Debug, Clone, Default, Args)]
-pub struct NixArgs {
-    /// The attribute of a FILE.nix to evaluate (like nix-build's -A); may be given several times.
-    #[arg(short = 'A', long = "attr", value_name = "ATTR")]
-    pub attrs: Vec<String>,
-
-    /// testrig's Nix plugin (default: libtestrig.so next to the binary, or in ../lib or ../plugin from it).
-    #[arg(long = "plugin", value_name = "PATH", env = "TESTRIG_PLUGIN")]
+/// How tests are evaluated (`--plugin`, `--no-plugin`, `--arg`, `--argstr`).
+#[derive(Debug, Clone, Default)]
+pub struct EvalOptions {
+    /// testrig's Nix plugin; `None`: `libtestrig.so` looked for next to the binary.
     pub plugin: Option<PathBuf>,
-
-    /// Evaluate with the pure-Nix extractor (nix/plan.nix), even when the plugin is there.
-    #[arg(long = "no-plugin", conflicts_with = "plugin")]
+    /// Evaluate with the pure-Nix extractor (nix/plan.nix) even when the plugin is there.
     pub no_plugin: bool,
-
-    /// Passed to a FILE.nix that is a function, as `nix eval --arg NAME EXPR`.
-    #[arg(long = "arg", num_args = 2, value_names = ["NAME", "EXPR"], action = clap::ArgAction::Append)]
-    pub arg: Vec<String>,
-
-    /// Passed to a FILE.nix that is a function, as `nix eval --argstr NAME STRING`.
-    #[arg(long = "argstr", num_args = 2, value_names = ["NAME", "STRING"], action = clap::ArgAction::Append)]
-    pub argstr: Vec<String>,
+    /// `NAME EXPR` pairs passed to a FILE.nix that is a function, as `nix eval --arg` passes them.
+    pub args: Vec<(String, String)>,
+    /// `NAME STRING` pairs, as `nix eval --argstr` passes them.
+    pub argstrs: Vec<(String, String)>,
 }
 
 /// A test (or a set of tests) named on the command line.
@@ -152,19 +140,19 @@ pub enum Extractor {
 pub struct Evaluator {
     nix: PathBuf,
     extractor: Extractor,
-    args: NixArgs,
+    options: EvalOptions,
 }
 
 impl Evaluator {
     /// Finds `nix` and the plugin, and says which extractor will be used.
-    pub fn locate(args: &NixArgs) -> Result<Self, NixError> {
+    pub fn locate(options: &EvalOptions) -> Result<Self, NixError> {
         let nix = find_nix()?;
-        let extractor = if args.no_plugin {
+        let extractor = if options.no_plugin {
             tracing::info!(
                 "evaluating with the pure-Nix extractor (nix/plan.nix), as asked (--no-plugin)"
             );
             Extractor::PureNix
-        } else if let Some(path) = &args.plugin {
+        } else if let Some(path) = &options.plugin {
             if !path.is_file() {
                 return Err(NixError::Plugin {
                     path: path.clone(),
@@ -196,7 +184,7 @@ impl Evaluator {
         Ok(Evaluator {
             nix,
             extractor,
-            args: args.clone(),
+            options: options.clone(),
         })
     }
 
@@ -272,11 +260,11 @@ impl Evaluator {
     fn file_expression(&self, path: &Path) -> String {
         let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_owned());
         let mut args = String::new();
-        for pair in self.args.arg.chunks(2) {
-            args += &format!("{} = ({}); ", nix_string(&pair[0]), pair[1]);
+        for (name, expr) in &self.options.args {
+            args += &format!("{} = ({expr}); ", nix_string(name));
         }
-        for pair in self.args.argstr.chunks(2) {
-            args += &format!("{} = {}; ", nix_string(&pair[0]), nix_string(&pair[1]));
+        for (name, value) in &self.options.argstrs {
+            args += &format!("{} = {}; ", nix_string(name), nix_string(value));
         }
         format!(
             "let f = import (/. + {}); in if builtins.isFunction f then f (builtins.intersectAttrs (builtins.functionArgs f) {{ {args}}}) else f",
@@ -445,7 +433,7 @@ mod tests {
         let evaluator = Evaluator {
             nix: "nix".into(),
             extractor: Extractor::PureNix,
-            args: NixArgs::default(),
+            options: EvalOptions::default(),
         };
         let apply = evaluator.apply_expression();
         // The Python of extraPythonPackages added to what plan.nix gives.
@@ -469,7 +457,7 @@ mod tests {
         let evaluator = Evaluator {
             nix: "nix".into(),
             extractor: Extractor::Plugin("/p/libtestrig.so".into()),
-            args: NixArgs::default(),
+            options: EvalOptions::default(),
         };
         let argv = evaluator.eval_argv(&TestRef::Flake(".#t".into()));
         assert_eq!(argv[..3], ["--option", "plugin-files", "/p/libtestrig.so"]);

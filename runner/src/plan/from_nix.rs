@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use crate::nix::eval::{references, Evaluated, Evaluator, NixArgs, TestRef};
+use crate::nix::eval::{references, EvalOptions, Evaluated, Evaluator, TestRef};
 use crate::nix::realise::{realise, Needs};
 use crate::plan::load::{load_evaluated_plan, BadInput, LoadedPlan};
 
@@ -11,13 +11,14 @@ use crate::plan::load::{load_evaluated_plan, BadInput, LoadedPlan};
 /// a cached pass costs no build even after its VMs were garbage-collected. A set's plans are named by their
 /// attributes when they have no name.
 pub async fn load_nix_plans(
-    nix: &NixArgs,
+    attrs: &[String],
+    eval: &EvalOptions,
     arg: &str,
     test_script_override: Option<&Path>,
     answered: &dyn Fn(&LoadedPlan) -> bool,
 ) -> Result<Vec<LoadedPlan>, BadInput> {
-    let refs = references(arg, &nix.attrs).map_err(BadInput)?;
-    let evaluator = Evaluator::locate(nix).map_err(|e| BadInput(e.to_string()))?;
+    let refs = references(arg, attrs).map_err(BadInput)?;
+    let evaluator = Evaluator::locate(eval).map_err(|e| BadInput(e.to_string()))?;
     let mut loaded = Vec::new();
     for reference in &refs {
         let result = evaluator

@@ -2,3 +2,4 @@
 
 pub mod from_nix;
 pub mod load;
+pub mod sources;

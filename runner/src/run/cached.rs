@@ -8,11 +8,11 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use super::execute::execute;
+use super::options::{ExecOptions, OutputOptions, RunOptions};
 use crate::cache::{self, Cache, Entry, EntryPaths, Lookup, Staging};
-use crate::cli::RunArgs;
 use crate::driver::{Outcome, RunResult, SubtestRecord};
 use crate::plan::load::LoadedPlan;
-use crate::run::execute::execute;
 use crate::run::report;
 use crate::state::{self, KeepOptions, KeptState, NodeSpec};
 use crate::support::copy_tree::copy_tree;
@@ -27,30 +27,29 @@ const KEY_WAIT_GRACE: Duration = Duration::from_secs(300);
 
 /// Runs (or answers from the cache) one test; returns its exit status.
 pub async fn run_plan(
-    args: &RunArgs,
+    options: &RunOptions,
     plan: &LoadedPlan,
     several: bool,
     cache: Option<&Cache>,
 ) -> u8 {
     // Everything of this test, including the tasks it spawns, logs inside its run span (see `log`).
     let (run, span) = log::run_span(&plan.name);
-    run_plan_in_span(args, plan, several, cache, run)
+    run_plan_in_span(options, plan, several, cache, run)
         .instrument(span)
         .await
 }
 
 async fn run_plan_in_span(
-    args: &RunArgs,
+    options: &RunOptions,
     plan: &LoadedPlan,
     several: bool,
     cache: Option<&Cache>,
     run: u64,
 ) -> u8 {
-    let user_out = user_out_dir(args, plan, several);
-    // With -K the result depends on the kept disks, which the key does not cover: always run. A run with a prompt
-    // (-I, --debug-on-failure) is neither answered from the cache nor recorded in it.
-    let skip_allowed = !args.rerun && !args.keep_vm_state;
-    let cache = cache.filter(|_| !args.prompts());
+    let user_out = user_out_dir(&options.output, plan, several);
+    // See `CachePolicy` for when a pass may answer and when a run is recorded at all.
+    let skip_allowed = options.cache.answer_with_pass;
+    let cache = cache.filter(|_| options.cache.record);
     if let Some(cache) = cache.filter(|_| skip_allowed) {
         match cache.lookup(&plan.cache_key) {
             Lookup::Ignored { dir, reason } => tracing::warn!(
@@ -58,7 +57,9 @@ async fn run_plan_in_span(
                 dir.display()
             ),
             Lookup::Found(found) if found.entry.is_skippable_pass() => {
-                if let Some(code) = answer_from(plan, &found.entry, &found.paths, args, &user_out) {
+                if let Some(code) =
+                    answer_from(plan, &found.entry, &found.paths, &options.output, &user_out)
+                {
                     return code;
                 }
             }
@@ -79,7 +80,7 @@ async fn run_plan_in_span(
         );
         return exit::BAD_INPUT;
     }
-    let kept = match unless_interrupted(keep_state(args, plan)).await {
+    let kept = match unless_interrupted(keep_state(options.keep_state, plan)).await {
         Err(interrupted) => return interrupted.exit_code(),
         Ok(Ok(kept)) => kept,
         Ok(Err(message)) => {
@@ -88,7 +89,7 @@ async fn run_plan_in_span(
         }
     };
     let Some(cache) = cache else {
-        return run_uncached(args, plan, user_out, kept).await;
+        return run_uncached(options, plan, user_out, kept).await;
     };
     if let Err(e) = cache.ensure() {
         // A cache that cannot be written (a read-only home, the Nix sandbox) must not stop the test.
@@ -96,7 +97,7 @@ async fn run_plan_in_span(
             "cannot create the result cache in {}: {e}; running without it",
             cache.root().display()
         );
-        return run_uncached(args, plan, user_out, kept).await;
+        return run_uncached(options, plan, user_out, kept).await;
     }
     let key_lock = match unless_interrupted(lock_key(cache, plan)).await {
         Err(interrupted) => return interrupted.exit_code(),
@@ -111,14 +112,16 @@ async fn run_plan_in_span(
         }
         Ok(Err(e)) => {
             tracing::warn!("cannot use the result cache: {e}; running without it");
-            return run_uncached(args, plan, user_out, kept).await;
+            return run_uncached(options, plan, user_out, kept).await;
         }
     };
     if skip_allowed {
         // The run we waited for may have just recorded a pass.
         if let Lookup::Found(found) = cache.lookup(&plan.cache_key) {
             if found.entry.is_skippable_pass() {
-                if let Some(code) = answer_from(plan, &found.entry, &found.paths, args, &user_out) {
+                if let Some(code) =
+                    answer_from(plan, &found.entry, &found.paths, &options.output, &user_out)
+                {
                     return code;
                 }
             }
@@ -133,10 +136,13 @@ async fn run_plan_in_span(
                 "cannot record the result in {}: {e}; running without the cache",
                 cache.root().display()
             );
-            return run_uncached(args, plan, user_out, kept).await;
+            return run_uncached(options, plan, user_out, kept).await;
         }
     };
-    run_recorded(args, plan, cache, staging, &key_lock, user_out, kept, run).await
+    run_recorded(
+        options, plan, cache, staging, &key_lock, user_out, kept, run,
+    )
+    .await
 }
 
 /// Prints the cached line and delivers the cached outputs; `None` (the test then runs) if they cannot be copied.
@@ -144,10 +150,10 @@ fn answer_from(
     plan: &LoadedPlan,
     entry: &Entry,
     paths: &EntryPaths,
-    args: &RunArgs,
+    output: &OutputOptions,
     user_out: &Option<PathBuf>,
 ) -> Option<u8> {
-    if let Err(e) = deliver(paths, user_out.as_deref(), args.junit_xml.as_deref()) {
+    if let Err(e) = deliver(paths, user_out.as_deref(), output.junit_xml.as_deref()) {
         tracing::warn!(
             "cannot copy the cached outputs of {} from {}: {e}; running the test",
             plan.name,
@@ -164,7 +170,7 @@ fn answer_from(
 
 #[allow(clippy::too_many_arguments)] // the pieces of one recorded run, each owned by a different module
 async fn run_recorded(
-    args: &RunArgs,
+    options: &RunOptions,
     plan: &LoadedPlan,
     cache: &Cache,
     staging: Staging,
@@ -180,7 +186,7 @@ async fn run_recorded(
         code,
         duration,
         error,
-    } = execute_with_state(args, plan, staging.paths().out(), kept).await;
+    } = execute_with_state(&options.execution, plan, staging.paths().out(), kept).await;
     log::stop_tee(run);
     let junit = staging.paths().junit();
     if let Err(e) = report::write_junit(&junit, &plan.name, &outcome, duration, &subtests) {
@@ -200,7 +206,7 @@ async fn run_recorded(
         duration_secs: duration.as_secs_f64(),
         plan: serde_json::to_value(&plan.plan).unwrap_or_default(),
         subtests: cache::subtests_of(&subtests),
-        kept_state: args.keep_vm_state,
+        kept_state: options.keep_state.is_some(),
         testrig_version: env!("CARGO_PKG_VERSION").into(),
     };
     let paths = match staging.commit(&entry, key_lock) {
@@ -214,7 +220,11 @@ async fn run_recorded(
         }
     };
     tracing::debug!("{}: recorded in {}", plan.name, paths.dir.display());
-    if let Err(e) = deliver(&paths, user_out.as_deref(), args.junit_xml.as_deref()) {
+    if let Err(e) = deliver(
+        &paths,
+        user_out.as_deref(),
+        options.output.junit_xml.as_deref(),
+    ) {
         tracing::error!(
             "{}: failed to copy the outputs from {}: {e}",
             plan.name,
@@ -228,7 +238,7 @@ async fn run_recorded(
 
 /// The test without the cache (`--no-cache`, or a cache that cannot be written): outputs go straight to `-o`.
 async fn run_uncached(
-    args: &RunArgs,
+    options: &RunOptions,
     plan: &LoadedPlan,
     user_out: Option<PathBuf>,
     kept: Option<KeptState>,
@@ -240,8 +250,8 @@ async fn run_uncached(
         code,
         duration,
         ..
-    } = execute_with_state(args, plan, out_dir, kept).await;
-    if let Some(path) = &args.junit_xml {
+    } = execute_with_state(&options.execution, plan, out_dir, kept).await;
+    if let Some(path) = &options.output.junit_xml {
         if let Err(e) = report::write_junit(path, &plan.name, &outcome, duration, &subtests) {
             tracing::error!("failed to write JUnit report {}: {e}", path.display());
             return code.max(exit::BAD_INPUT);
@@ -262,7 +272,7 @@ struct Summary {
 
 /// Runs the test with its kept state dirs, which are released as soon as the machines are gone, and sums it up.
 async fn execute_with_state(
-    args: &RunArgs,
+    exec: &ExecOptions,
     plan: &LoadedPlan,
     out_dir: PathBuf,
     kept: Option<KeptState>,
@@ -270,7 +280,7 @@ async fn execute_with_state(
     log_preamble(plan, kept.as_ref());
     let started = Instant::now();
     let state_dirs = kept.as_ref().map(|k| k.dirs.clone());
-    let result = execute(args, plan, out_dir, state_dirs).await;
+    let result = execute(exec, plan, out_dir, state_dirs).await;
     // Every machine is gone once `execute` returns: the state dirs are free.
     drop(kept);
     match result {
@@ -339,10 +349,13 @@ fn log_preamble(plan: &LoadedPlan, kept: Option<&KeptState>) {
 }
 
 /// With `-K`: the nodes' kept state dirs, locked and checked against the nodes' identities.
-async fn keep_state(args: &RunArgs, plan: &LoadedPlan) -> Result<Option<KeptState>, String> {
-    if !args.keep_vm_state {
+async fn keep_state(
+    keep: Option<KeepOptions>,
+    plan: &LoadedPlan,
+) -> Result<Option<KeptState>, String> {
+    let Some(options) = keep else {
         return Ok(None);
-    }
+    };
     let root = xdg::state_root().map_err(|e| e.to_string())?;
     let nodes: Vec<NodeSpec> = plan
         .start_scripts
@@ -353,10 +366,6 @@ async fn keep_state(args: &RunArgs, plan: &LoadedPlan) -> Result<Option<KeptStat
             start_script: script.clone(),
         })
         .collect();
-    let options = KeepOptions {
-        strict: args.strict_state,
-        lock_timeout: args.lock_timeout,
-    };
     state::prepare(&root, &plan.name, &nodes, options)
         .await
         .map(Some)
@@ -406,8 +415,8 @@ fn interrupted(signal: &'static str) -> Outcome {
     Outcome::Interrupted(signal)
 }
 
-fn user_out_dir(args: &RunArgs, plan: &LoadedPlan, several: bool) -> Option<PathBuf> {
-    args.output_directory.as_ref().map(|dir| {
+fn user_out_dir(output: &OutputOptions, plan: &LoadedPlan, several: bool) -> Option<PathBuf> {
+    output.dir.as_ref().map(|dir| {
         if several {
             dir.join(&plan.name)
         } else {

@@ -2,35 +2,34 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::time::Duration;
 
-use crate::cli::RunArgs;
-use crate::driver::{run_test, Outcome, RunOptions, RunResult};
+use super::options::ExecOptions;
+use crate::driver::{self, run_test, Outcome, RunResult};
 use crate::machine::Timeouts;
 use crate::plan::load::LoadedPlan;
 use crate::support::log;
 
 /// Runs the test with its outputs in `out_dir` and logs the outcome.
 pub async fn execute(
-    args: &RunArgs,
+    exec: &ExecOptions,
     plan: &LoadedPlan,
     out_dir: PathBuf,
     state_dirs: Option<BTreeMap<String, PathBuf>>,
 ) -> anyhow::Result<RunResult> {
-    let options = RunOptions {
+    let options = driver::RunOptions {
         out_dir,
         state_dirs,
-        python: args
+        python: exec
             .python
             .clone()
             .or_else(|| plan.plan.python.clone())
             .unwrap_or_else(|| "python3".into()),
         timeouts: Timeouts {
-            boot: Duration::from_secs(args.boot_timeout),
+            boot: exec.boot_timeout,
             ..Timeouts::default()
         },
-        interactive: args.interactive,
-        debug_on_failure: args.debug_on_failure,
+        interactive: exec.interactive,
+        debug_on_failure: exec.debug_on_failure,
     };
     let result = run_test(plan, &options).await;
     match &result {

@@ -2,5 +2,6 @@
 
 pub mod cached;
 pub mod execute;
+pub mod options;
 pub mod report;
 pub mod schedule;

@@ -1,39 +1,13 @@
-//! The command line. `testrig run` also takes nixos-test-driver's flags (all three generations), so testrig can
-//! stand in for the driver in a derivation; with no subcommand, or when called as `nixos-test-driver`, the
-//! arguments are `run`'s.
+//! `testrig run`'s arguments: testrig's own, and nixos-test-driver's of every generation (flags and environment).
 
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{ArgAction, Args, Parser, Subcommand};
+use clap::{ArgAction, Args};
 
-use crate::cache::{parse_duration, parse_size};
-use crate::nix::eval::NixArgs;
+use super::NixArgs;
+use crate::cache::parse_duration;
 use crate::support::log::LogFormat;
-
-#[derive(Debug, Parser)]
-#[command(
-    name = "testrig",
-    version,
-    about = "Run NixOS VM tests fast, with a result cache keyed on derivation hashes"
-)]
-pub struct Cli {
-    #[command(subcommand)]
-    pub command: Command,
-}
-
-// One value, parsed once: its size does not matter.
-#[allow(clippy::large_enum_variant)]
-#[derive(Debug, Subcommand)]
-pub enum Command {
-    /// Run tests: FILE.nix -A ATTR or FLAKEREF#ATTR (evaluated with Nix), plan files, nixpkgs'
-    /// driverConfiguration.json, or the old driver's flags.
-    Run(RunArgs),
-    /// Print the plan of a test named by FILE.nix -A ATTR or FLAKEREF#ATTR, as JSON.
-    Plan(PlanArgs),
-    /// Inspect and clean the result cache.
-    Cache(CacheArgs),
-}
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
@@ -240,98 +214,4 @@ impl RunArgs {
     pub fn verbosity(&self) -> i8 {
         self.verbose as i8 - self.quiet as i8
     }
-}
-
-#[derive(Debug, Args)]
-pub struct PlanArgs {
-    /// FILE.nix (with -A ATTR), or FLAKEREF#ATTR: a NixOS test, or an attribute set of them.
-    #[arg(value_name = "REFERENCE")]
-    pub reference: String,
-
-    #[command(flatten)]
-    pub nix: NixArgs,
-
-    /// One line of JSON instead of an indented document.
-    #[arg(long = "compact")]
-    pub compact: bool,
-
-    /// More log on stderr.
-    #[arg(short = 'v', long = "verbose", action = ArgAction::Count)]
-    pub verbose: u8,
-
-    /// Less log on stderr (only errors).
-    #[arg(short = 'q', long = "quiet", action = ArgAction::Count)]
-    pub quiet: u8,
-}
-
-#[derive(Debug, Args)]
-pub struct CacheArgs {
-    /// Print JSON for scripts instead of text for people.
-    #[arg(long = "json", global = true)]
-    pub json: bool,
-
-    #[command(subcommand)]
-    pub command: CacheCommand,
-}
-
-#[derive(Debug, Subcommand)]
-pub enum CacheCommand {
-    /// List the entries, newest first: name, key, outcome, age, size.
-    Ls,
-    /// Show one entry (the newest, for a test name): outcome, log, report, artefacts.
-    Show {
-        #[arg(value_name = "KEY|NAME")]
-        which: String,
-    },
-    /// Remove entries: a key removes that entry, a test name every entry of that test.
-    Rm {
-        #[arg(value_name = "KEY|NAME", required = true, num_args = 1..)]
-        which: Vec<String>,
-    },
-    /// Remove entries older than --max-age, then the oldest until the cache is under --max-size. Entries of
-    /// running tests are kept.
-    Gc {
-        /// Remove entries older than this (`30d`, `12h`, `2w`, seconds).
-        #[arg(long = "max-age", value_name = "DURATION", value_parser = parse_duration)]
-        max_age: Option<Duration>,
-        /// Keep the cache under this size (`500M`, `2G`, bytes).
-        #[arg(long = "max-size", value_name = "SIZE", default_value = "1GiB", value_parser = parse_size)]
-        max_size: u64,
-        /// Say what would be removed, remove nothing.
-        #[arg(long = "dry-run")]
-        dry_run: bool,
-    },
-}
-
-const SUBCOMMANDS: &[&str] = &[
-    "run",
-    "plan",
-    "cache",
-    "help",
-    "--help",
-    "-h",
-    "--version",
-    "-V",
-];
-
-/// Parses the command line, treating `nixos-test-driver ARGS` and `testrig ARGS` without a subcommand as
-/// `testrig run ARGS`.
-pub fn parse() -> Cli {
-    let mut args: Vec<std::ffi::OsString> = std::env::args_os().collect();
-    let called_as_driver = args
-        .first()
-        .and_then(|a| {
-            std::path::Path::new(a)
-                .file_name()
-                .map(|f| f.to_string_lossy().contains("nixos-test-driver"))
-        })
-        .unwrap_or(false);
-    let has_subcommand = args
-        .get(1)
-        .map(|a| SUBCOMMANDS.contains(&a.to_string_lossy().as_ref()))
-        .unwrap_or(false);
-    if called_as_driver || !has_subcommand {
-        args.insert(1, "run".into());
-    }
-    Cli::parse_from(args)
 }
