@@ -11,4 +11,4 @@ pub use cache::{CacheArgs, CacheCommand};
 pub use nix::NixArgs;
 pub use parse::{parse, Command};
 pub use plan::PlanArgs;
-pub use run::RunArgs;
+pub use run::{LogFormatArg, RunArgs};

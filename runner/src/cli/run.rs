@@ -3,11 +3,10 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{ArgAction, Args};
+use clap::{ArgAction, Args, ValueEnum};
 
 use super::NixArgs;
 use crate::cache::parse_duration;
-use crate::support::log::LogFormat;
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
@@ -124,7 +123,7 @@ pub struct RunArgs {
     pub quiet: u8,
 
     #[arg(long = "log-format", value_enum, default_value = "human")]
-    pub log_format: LogFormat,
+    pub log_format: LogFormatArg,
 
     /// Accepted for compatibility with nixpkgs' driver of 2025 (the ssh backdoor's vsock offset); ignored, with a
     /// warning: the ssh backdoor is not supported.
@@ -154,6 +153,13 @@ pub struct RunArgs {
     /// the global timeout stops counting. The run still fails when the prompt ends, and is not cached.
     #[arg(long = "debug-on-failure", conflicts_with = "interactive")]
     pub debug_on_failure: bool,
+}
+
+/// `--log-format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormatArg {
+    Human,
+    Json,
 }
 
 // The list flags of nixpkgs' driver also come from its wrapper's environment variables (`vlans=`, `vmNames=`...),

@@ -6,17 +6,18 @@ use std::time::Duration;
 
 use super::nix_args::eval_options;
 use crate::cache::{Cache, Lookup};
-use crate::cli::RunArgs;
+use crate::cli::{LogFormatArg, RunArgs};
 use crate::plan::load::{BadInput, LoadedPlan};
 use crate::plan::sources::{load_plans as load_sources, Sources};
 use crate::run::cached;
 use crate::run::options::{CachePolicy, ExecOptions, OutputOptions, RunOptions};
 use crate::run::schedule;
 use crate::state::KeepOptions;
-use crate::support::{exit, log};
+use crate::support::exit;
+use crate::support::log::{self, LogFormat};
 
 pub async fn run(args: RunArgs) -> u8 {
-    log::init(args.verbosity(), args.log_format);
+    log::init(args.verbosity(), log_format(args.log_format));
     let options = run_options(&args);
     let cache = open_cache(&options.cache);
     let plans = match load_plans(&args, &options.cache, cache.as_ref()).await {
@@ -73,6 +74,13 @@ fn answered_from_cache(policy: &CachePolicy, cache: Option<&Cache>, plan: &Loade
         && cache.is_some_and(|cache| {
             matches!(cache.lookup(&plan.cache_key), Lookup::Found(found) if found.entry.is_skippable_pass())
         })
+}
+
+fn log_format(arg: LogFormatArg) -> LogFormat {
+    match arg {
+        LogFormatArg::Human => LogFormat::Human,
+        LogFormatArg::Json => LogFormat::Json,
+    }
 }
 
 /// The run's options, from its flags.

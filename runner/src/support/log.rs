@@ -33,7 +33,8 @@ static PREFIX_TEST_NAMES: AtomicBool = AtomicBool::new(false);
 
 const RUN_SPAN_TARGET: &str = "testrig::run";
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+/// How the terminal log is written: text for people, or one JSON object per line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
     Human,
     Json,
