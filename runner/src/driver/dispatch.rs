@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use serde_json::{json, Value};
 
-use super::request::{GlobalOp, MachineOp, Request, Seconds};
+use super::request::{GlobalOp, MachineOp, PortWait, Request, Seconds};
 use super::session::{ScriptResult, Session, SubtestRecord};
 use crate::machine::{shell_quote, Machine, OpError, OpResult};
 use crate::support::log::{self, Section};
@@ -217,32 +217,8 @@ async fn machine_op(session: &Session, m: &Machine, op: MachineOp) -> OpResult<V
             .wait_for_file(&path, seconds_or(timeout, DEFAULT_TIMEOUT))
             .await
             .map(done),
-        MachineOp::WaitForOpenPort {
-            port,
-            addr,
-            timeout,
-        } => m
-            .wait_for_port(
-                port,
-                addr.as_deref().unwrap_or("localhost"),
-                true,
-                seconds_or(timeout, DEFAULT_TIMEOUT),
-            )
-            .await
-            .map(done),
-        MachineOp::WaitForClosedPort {
-            port,
-            addr,
-            timeout,
-        } => m
-            .wait_for_port(
-                port,
-                addr.as_deref().unwrap_or("localhost"),
-                false,
-                seconds_or(timeout, DEFAULT_TIMEOUT),
-            )
-            .await
-            .map(done),
+        MachineOp::WaitForOpenPort(wait) => wait_for_port(m, wait, true).await,
+        MachineOp::WaitForClosedPort(wait) => wait_for_port(m, wait, false).await,
         MachineOp::WaitForOpenUnixSocket {
             path,
             is_datagram,
@@ -332,6 +308,19 @@ async fn machine_op(session: &Session, m: &Machine, op: MachineOp) -> OpResult<V
             }
         }
     }
+}
+
+/// `wait_for_open_port` (`open`) and `wait_for_closed_port`.
+async fn wait_for_port(m: &Machine, wait: PortWait, open: bool) -> OpResult<Value> {
+    let addr = wait.addr.as_deref().unwrap_or("localhost");
+    m.wait_for_port(
+        wait.port,
+        addr,
+        open,
+        seconds_or(wait.timeout, DEFAULT_TIMEOUT),
+    )
+    .await
+    .map(done)
 }
 
 /// `block()`/`unblock()`: the link of the first vlan NIC, which QEMU names `virtio-net-pci.1` when the start script

@@ -99,6 +99,17 @@ pub enum GlobalOp {
 /// A timeout in seconds; null or absent means the op's default.
 pub type Seconds = Option<f64>;
 
+/// The arguments of `wait_for_open_port` and `wait_for_closed_port`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PortWait {
+    pub port: u16,
+    #[serde(default)]
+    pub addr: Option<String>,
+    #[serde(default)]
+    pub timeout: Seconds,
+}
+
 /// Ops of one machine (`machine` names it).
 #[derive(Debug, Deserialize)]
 #[serde(
@@ -184,20 +195,8 @@ pub enum MachineOp {
         #[serde(default)]
         timeout: Seconds,
     },
-    WaitForOpenPort {
-        port: u16,
-        #[serde(default)]
-        addr: Option<String>,
-        #[serde(default)]
-        timeout: Seconds,
-    },
-    WaitForClosedPort {
-        port: u16,
-        #[serde(default)]
-        addr: Option<String>,
-        #[serde(default)]
-        timeout: Seconds,
-    },
+    WaitForOpenPort(PortWait),
+    WaitForClosedPort(PortWait),
     WaitForOpenUnixSocket {
         path: String,
         #[serde(default)]
