@@ -134,7 +134,21 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Shell<R, W> {
             Framing::OneRoundTrip => {
                 self.send(&output_and_status_line(command, guest_timeout_secs))
                     .await?;
-                self.read_wrapped_output().await?
+                let (stdout, mut received) = self.read_wrapped_output().await?;
+                let status_line = self.read_reply_line().await?;
+                received += status_line.len();
+                let sent = self.read_reply_line().await?;
+                if sent.trim().parse::<usize>().ok() != Some(received) {
+                    return Err(protocol_error(format!(
+                        "the command's output arrived damaged ({received} characters of its reply arrived, the guest \
+                         sent {sent:.20}): QEMU's virtio console dropped data because the host side fell behind; the \
+                         command's output is not trustworthy"
+                    )));
+                }
+                let status = status_line.trim().parse().map_err(|_| {
+                    protocol_error(format!("expected an exit status, got {status_line:.80}"))
+                })?;
+                return Ok(CommandOutput { status, stdout });
             }
             Framing::TwoRoundTrips => {
                 self.send(&output_line(command, guest_timeout_secs)).await?;
@@ -173,11 +187,14 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Shell<R, W> {
     /// line. QEMU's virtio console drops what its host side cannot take at once (hw/char/virtio-console.c), and a
     /// base64 line with bytes missing can still decode; the fixed line length makes such a loss an error instead
     /// of wrong output, unless exactly a multiple of 77 bytes went, or a multiple of 4 characters of the last line.
-    async fn read_wrapped_output(&mut self) -> io::Result<Vec<u8>> {
+    async fn read_wrapped_output(&mut self) -> io::Result<(Vec<u8>, usize)> {
         let mut encoded = String::new();
+        // Characters of the reply read so far, newlines included, to compare with the count the guest sends.
+        let mut received = 0;
         let mut short_line: Option<(usize, usize)> = None;
         for number in 1.. {
             let line = self.read_reply_line().await?;
+            received += line.len() + 1;
             if line.is_empty() {
                 break;
             }
@@ -193,9 +210,10 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Shell<R, W> {
             }
             encoded.push_str(&line);
         }
-        base64::engine::general_purpose::STANDARD
+        let decoded = base64::engine::general_purpose::STANDARD
             .decode(&encoded)
-            .map_err(|e| protocol_error(format!("output is not base64 ({e}): {encoded:.80}")))
+            .map_err(|e| protocol_error(format!("output is not base64 ({e}): {encoded:.80}")))?;
+        Ok((decoded, received))
     }
 
     /// Sends one line to the guest's bash; nothing is read (`poweroff` gets no reply).
@@ -267,16 +285,22 @@ pub fn output_line(command: &str, guest_timeout_secs: Option<f64>) -> String {
     )
 }
 
-/// testrig's line for one command: the base64 in lines of 76, an empty line, then the status line, in one round
-/// trip. `printf` is a bash builtin and `PIPESTATUS` is expanded before it runs, so this costs one process fewer in
-/// the guest than nixpkgs' `(base64 -w 0; echo)` subshell, which matters under TCG, where each process start-up is
-/// milliseconds. The fixed line width lets the reader notice data the console lost (`read_wrapped_output`).
+/// testrig's line for one command, in one round trip: the base64 of its stdout in lines of 76, an empty line, the
+/// status line, then the number of characters of all that. The reply is captured in the shell (`$(...)`, one fork,
+/// no new program) and written by the `printf` builtin at once: base64 writing to the guest's tty itself would be
+/// line buffered, one write per 77 bytes, each a trip through QEMU's virtio console, an order of magnitude slower
+/// for megabytes. QEMU drops whole writes when its socket is full, so the count (`${#...}` is the length bash
+/// already knows) is what tells the reader that something was lost (`Shell::run`); the fixed line width catches a
+/// cut line before the count is read.
 fn output_and_status_line(command: &str, guest_timeout_secs: Option<f64>) -> String {
     format!(
-        "{} | base64 -w {WRAP}; printf '\\n%s\\n' \"${{PIPESTATUS[0]}}\"",
+        "{REPLY}=$({} | base64 -w {WRAP}; printf '\\n%s' \"${{PIPESTATUS[0]}}\"); printf '%s\\n%s\\n' \"${REPLY}\" \"${{#{REPLY}}}\"; unset {REPLY}",
         guarded_command(command, guest_timeout_secs)
     )
 }
+
+/// The backdoor shell's variable that holds a reply while it is written.
+const REPLY: &str = "__testrig_reply";
 
 /// Prints the exit status of the command of the previous line (the first element of its pipeline).
 const STATUS_COMMAND: &str = "echo ${PIPESTATUS[0]}";
@@ -400,7 +424,7 @@ mod tests {
         );
         assert_eq!(
             output_and_status_line("true", None),
-            r#"bash -c 'set -euo pipefail; true' | base64 -w 76; printf '\n%s\n' "${PIPESTATUS[0]}""#
+            r#"__testrig_reply=$(bash -c 'set -euo pipefail; true' | base64 -w 76; printf '\n%s' "${PIPESTATUS[0]}"); printf '%s\n%s\n' "$__testrig_reply" "${#__testrig_reply}"; unset __testrig_reply"#
         );
     }
 
@@ -427,17 +451,32 @@ mod tests {
         out
     }
 
+    /// The guest's reply to `output_and_status_line`: the base64 lines, an empty line, the status, and the count
+    /// of characters before it.
+    fn reply_of(data: &[u8], status: i32) -> (Vec<u8>, usize) {
+        let mut reply = wrapped(data);
+        reply.extend_from_slice(format!("\n{status}").as_bytes());
+        let count = reply.len();
+        reply.extend_from_slice(format!("\n{count}\n").as_bytes());
+        (reply, count)
+    }
+
     #[tokio::test(flavor = "current_thread")]
     async fn output_the_console_lost_bytes_of_is_an_error_not_wrong_output() {
         let data: Vec<u8> = (0..10_000u32).map(|i| (i * 7 % 251) as u8).collect();
-        let mut whole = wrapped(&data);
-        let base64_len = whole.len();
-        whole.extend_from_slice(b"\n0\n");
+        let (whole, count) = reply_of(&data, 0);
         assert_eq!(read_reply(&whole).await.unwrap().stdout, data);
+        let (empty, _) = reply_of(b"", 3);
+        assert_eq!(
+            read_reply(&empty).await.unwrap(),
+            CommandOutput {
+                status: 3,
+                stdout: vec![]
+            }
+        );
 
-        // Drops of every size up to five lines, anywhere but in the last two lines (where a loss of a multiple of
-        // 4 characters can leave a well-formed shorter last line): each is an error, except the length of a whole
-        // number of lines (77 bytes each, wherever it starts), which leaves well-formed base64 behind.
+        // Drops of every size up to five lines, anywhere in the reply before the count, whole lines included
+        // (QEMU drops whole writes, and base64 on a tty wrote one line per write): each is an error.
         let mut noticed = 0;
         for at in [
             0,
@@ -449,27 +488,28 @@ mod tests {
             78,
             1000,
             4096,
-            base64_len - 2 * 77 - 400,
+            count - 2 * 77 - 400,
+            count - 401,
         ] {
             for len in 1..=400 {
                 let mut cut = whole[..at].to_vec();
                 cut.extend_from_slice(&whole[at + len..]);
-                let whole_lines = len % 77 == 0;
                 match read_reply(&cut).await {
-                    // Mostly "damaged"; a drop that empties a line ends the base64 early, and the status line
-                    // that follows is then not a number.
                     Err(e) => {
                         let e = e.to_string();
                         assert!(
-                            e.contains("damaged") || e.contains("expected an exit status"),
+                            e.contains("damaged")
+                                || e.contains("not base64")
+                                || e.contains("expected an exit status")
+                                || e.contains("closed its connection"),
                             "{e}"
                         );
                         noticed += 1;
                     }
-                    Ok(_) => assert!(whole_lines, "a drop of {len} bytes at {at} went unnoticed"),
+                    Ok(_) => panic!("a drop of {len} bytes at {at} went unnoticed"),
                 }
             }
         }
-        assert!(noticed > 3900, "{noticed}");
+        assert_eq!(noticed, 11 * 400);
     }
 }
