@@ -9,7 +9,7 @@ use tokio::time::Instant;
 
 use super::console::Console;
 use super::error::{OpError, OpResult};
-use super::shell::CommandOutput;
+use super::shell::{wait_slice_line, CommandOutput};
 use super::vm::{RunningVm, VmConfig};
 use crate::log::{self, Section};
 
@@ -150,20 +150,37 @@ impl Machine {
     /// Runs one command in the guest. `timeout` is the guest-side `timeout` (seconds); the host gives up a grace
     /// period later, or after `untimed_command` when there is no timeout.
     pub async fn execute(&self, command: &str, timeout: Option<f64>) -> OpResult<CommandOutput> {
-        let vm = self.ready_vm().await?;
         let host_deadline = match timeout {
             Some(secs) => Duration::from_secs_f64(secs.max(0.0)) + self.timeouts.host_grace,
             None => self.timeouts.untimed_command,
         };
+        self.in_shell(command, host_deadline, ShellOp::Command(command, timeout))
+            .await
+    }
+
+    /// Runs `op` on the ready shell, bounded by `host_deadline` and by QEMU's exit. `what` names it in errors.
+    async fn in_shell(
+        &self,
+        what: &str,
+        host_deadline: Duration,
+        op: ShellOp<'_>,
+    ) -> OpResult<CommandOutput> {
+        let vm = self.ready_vm().await?;
         let mut shell = vm.shell.lock().await;
+        let run = async {
+            match op {
+                ShellOp::Command(command, timeout) => shell.run(command, timeout).await,
+                ShellOp::WaitSlice(line) => shell.run_wait_slice(line).await,
+            }
+        };
         tokio::select! {
-            result = tokio::time::timeout(host_deadline, shell.run(command, timeout)) => match result {
+            result = tokio::time::timeout(host_deadline, run) => match result {
                 Ok(Ok(output)) => Ok(output),
-                Ok(Err(e)) => Err(self.failure(format!("while running `{command}`: {e}"))),
+                Ok(Err(e)) => Err(self.failure(format!("while running `{what}`: {e}"))),
                 Err(_) => Err(self.timeout(format!(
-                    "no reply to `{command}` within {host_deadline:?}; the guest is hung, or the command left its stdout open (redirect a background daemon's output)"))),
+                    "no reply to `{what}` within {host_deadline:?}; the guest is hung, or the command left its stdout open (redirect a background daemon's output)"))),
             },
-            status = vm.wait_exit() => Err(self.failure(format!("QEMU exited ({status}) while running `{command}`"))),
+            status = vm.wait_exit() => Err(self.failure(format!("QEMU exited ({status}) while running `{what}`"))),
         }
     }
 
@@ -322,29 +339,46 @@ impl Machine {
         vm.terminate().await;
     }
 
-    /// Polls `attempt` until it yields a value, with growing pauses (100 ms to 1 s) and a deadline: the same
-    /// semantics as nixpkgs' once-a-second retries, with less latency.
-    pub async fn poll<T, F, Fut>(
+    /// Waits in the guest until `check` (the body of a bash function, see [`wait_slice_line`]) returns something
+    /// other than 1 (not yet), and returns that reply. The loop runs in the guest, so the reaction is a fraction of
+    /// a second (it looks every 50 ms where a builtin can look); it comes back to the host at least once a second
+    /// (a slice), so the deadline is the host's and exact: slices go on while time is left, and the last one is
+    /// cut to what is left (it still checks once, nixpkgs' last try). A check that hangs (a command of
+    /// `wait_until_succeeds`) is bounded by the time left plus the host's grace period, as a command with a timeout.
+    pub async fn wait_in_guest(
         &self,
         what: &str,
         timeout: Duration,
-        mut attempt: F,
-    ) -> OpResult<T>
-    where
-        F: FnMut() -> Fut,
-        Fut: std::future::Future<Output = OpResult<Option<T>>>,
-    {
+        check: &str,
+    ) -> OpResult<CommandOutput> {
         let deadline = Instant::now() + timeout;
-        let mut pause = Duration::from_millis(100);
+        let mut first = true;
         loop {
-            if let Some(value) = attempt().await? {
-                return Ok(value);
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = wait_slice_line(check, first, left.min(WAIT_SLICE));
+            first = false;
+            let reply = self
+                .in_shell(
+                    what,
+                    left + self.timeouts.host_grace,
+                    ShellOp::WaitSlice(&line),
+                )
+                .await?;
+            if reply.status != 1 {
+                return Ok(reply);
             }
-            if Instant::now() + pause > deadline {
+            if Instant::now() >= deadline {
                 return Err(self.timeout(format!("timed out after {timeout:?} waiting for {what}")));
             }
-            tokio::time::sleep(pause).await;
-            pause = (pause * 3 / 2).min(Duration::from_secs(1));
         }
     }
 }
+
+/// What `Machine::in_shell` runs: a command (with its guest-side timeout), or a line of `wait_slice_line`.
+enum ShellOp<'a> {
+    Command(&'a str, Option<f64>),
+    WaitSlice(&'a str),
+}
+
+/// The longest the guest's wait loop goes without coming back to the host.
+const WAIT_SLICE: Duration = Duration::from_secs(1);

@@ -3,7 +3,14 @@
 //! One round trip per command. The Python driver sends the command, reads the base64 of its stdout, then sends
 //! `echo ${PIPESTATUS[0]}` and reads the status; here both go in one line (see `output_and_status_line`), since
 //! bash runs them in order and `PIPESTATUS` still holds the pipeline's statuses when the second part expands it.
-//! The guest shell is stock: nothing here needs more than bash, coreutils `timeout` and `base64`.
+//! The guest shell is stock: nothing here needs more than bash, coreutils `cat`, `timeout` and `base64`.
+//!
+//! What costs time in a guest under TCG, measured (tests/bench/RESULTS.md): starting a program (fork and exec,
+//! about 12 ms; a fork alone about 5 ms) and every write to `/dev/hvc0` (each is one trip through QEMU's virtio
+//! console, however small). So a command runs in a subshell of the backdoor's bash (`eval` of its text, no
+//! `bash -c`), and what goes back to the host goes through one `cat` started once per boot ([`WRITER_SETUP`]),
+//! which turns base64's line-by-line writes (a tty makes its stdout line buffered) into writes as large as the
+//! pipe holds.
 
 use std::io;
 
@@ -48,7 +55,9 @@ pub struct Shell<R, W> {
 impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Shell<R, W> {
     pub fn new(reader: R, writer: W, framing: Framing) -> Self {
         Shell {
-            reader: BufReader::new(reader),
+            // Large reads: QEMU drops console data its socket cannot take (see `read_wrapped_output`), so the
+            // host drains whatever is there in one go rather than 8 KiB at a time.
+            reader: BufReader::with_capacity(READ_BUFFER, reader),
             writer,
             ready: false,
             framing,
@@ -101,6 +110,17 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Shell<R, W> {
                 stdout
             }
         };
+        let status_line = self.read_reply_line().await?;
+        let status = status_line.trim().parse().map_err(|_| {
+            protocol_error(format!("expected an exit status, got {status_line:.80}"))
+        })?;
+        Ok(CommandOutput { status, stdout })
+    }
+
+    /// Sends a line written by [`wait_slice_line`] and reads its reply (the same wire format as a command's).
+    pub async fn run_wait_slice(&mut self, line: &str) -> io::Result<CommandOutput> {
+        self.send(line).await?;
+        let stdout = self.read_wrapped_output().await?;
         let status_line = self.read_reply_line().await?;
         let status = status_line.trim().parse().map_err(|_| {
             protocol_error(format!("expected an exit status, got {status_line:.80}"))
@@ -178,6 +198,93 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Shell<R, W> {
     }
 }
 
+/// A socket read on a thread of its own, into memory, as fast as the data comes. QEMU drops console data its
+/// socket cannot take (about 200 KB of it), and a guest prints megabytes in a fraction of a second: read only
+/// when the runtime (one thread, shared with everything else of the run) gets round to it, 8 MB arrived damaged
+/// on a loaded machine. The thread only waits for data and copies it; the shell decodes it at its own pace.
+pub struct Drained {
+    chunks: tokio::sync::mpsc::UnboundedReceiver<io::Result<Vec<u8>>>,
+    pending: Vec<u8>,
+    at: usize,
+}
+
+impl Drained {
+    /// Starts reading a duplicate of `socket`'s descriptor (which may be non-blocking: the thread `poll`s it).
+    /// The thread ends at end of file, on an error, or when the `Drained` is gone and more data comes.
+    pub fn spawn(socket: &impl std::os::fd::AsFd, name: &str) -> io::Result<Self> {
+        let fd = socket.as_fd().try_clone_to_owned()?;
+        let (tx, chunks) = tokio::sync::mpsc::unbounded_channel();
+        std::thread::Builder::new()
+            .name(format!("shell reader {name}"))
+            .spawn(move || drain(fd, tx))?;
+        Ok(Drained {
+            chunks,
+            pending: Vec::new(),
+            at: 0,
+        })
+    }
+}
+
+fn drain(fd: std::os::fd::OwnedFd, tx: tokio::sync::mpsc::UnboundedSender<io::Result<Vec<u8>>>) {
+    use std::os::fd::AsRawFd;
+    let mut buf = vec![0u8; READ_BUFFER];
+    loop {
+        // SAFETY: `buf` is valid for its length and `fd` is open for the thread's lifetime.
+        let n = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+        let chunk = match n {
+            0 => return, // end of file: the receiver sees the channel close
+            n if n > 0 => Ok(buf[..n as usize].to_vec()),
+            _ => {
+                let e = io::Error::last_os_error();
+                match e.kind() {
+                    io::ErrorKind::Interrupted => continue,
+                    io::ErrorKind::WouldBlock => {
+                        let mut pfd = libc::pollfd {
+                            fd: fd.as_raw_fd(),
+                            events: libc::POLLIN,
+                            revents: 0,
+                        };
+                        // SAFETY: one valid pollfd; no timeout, EINTR just loops.
+                        unsafe { libc::poll(&mut pfd, 1, -1) };
+                        continue;
+                    }
+                    _ => Err(e),
+                }
+            }
+        };
+        let failed = chunk.is_err();
+        if tx.send(chunk).is_err() || failed {
+            return;
+        }
+    }
+}
+
+impl AsyncRead for Drained {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        out: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        use std::task::Poll;
+        let this = &mut *self;
+        if this.at == this.pending.len() {
+            match this.chunks.poll_recv(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(None) => return Poll::Ready(Ok(())),
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(e)),
+                Poll::Ready(Some(Ok(chunk))) => {
+                    this.pending = chunk;
+                    this.at = 0;
+                }
+            }
+        }
+        let n = out.remaining().min(this.pending.len() - this.at);
+        out.put_slice(&this.pending[this.at..this.at + n]);
+        this.at += n;
+        Poll::Ready(Ok(()))
+    }
+}
+
 /// The width of testrig's base64 lines (`base64 -w 76`).
 const WRAP: usize = 76;
 
@@ -195,12 +302,31 @@ fn protocol_error(message: String) -> io::Error {
     )
 }
 
-/// The command as the guest's bash runs it: under `bash -c` with `set -euo pipefail`, maybe under `timeout`.
+/// How much the host reads from the shell's socket at once.
+const READ_BUFFER: usize = 1 << 20;
+
+/// The command as nixpkgs' driver has the guest's bash run it: under `bash -c` with `set -euo pipefail`, maybe
+/// under `timeout`.
 fn guarded_command(command: &str, guest_timeout_secs: Option<f64>) -> String {
     let script = shell_quote(&format!("set -euo pipefail; {command}"));
     match guest_timeout_secs {
         Some(secs) => format!("timeout {secs} bash -c {script}"),
         None => format!("bash -c {script}"),
+    }
+}
+
+/// The command as testrig has the guest's bash run it: in a subshell, with `set -euo pipefail`, as `bash -c` would
+/// (the same isolation: variables, `cd`, `exit` and traps stay in the subshell) but without starting a program.
+/// A guest-side timeout still needs one (`timeout` runs a program and reports 124 when it fires, which scripts
+/// test for), so a command with a timeout runs as nixpkgs runs it. The subshell does not get testrig's
+/// descriptors 8 and 9 ([`WRITER_SETUP`]): a daemon it starts must not hold the host's reply open.
+fn isolated_command(command: &str, guest_timeout_secs: Option<f64>) -> String {
+    match guest_timeout_secs {
+        Some(_) => format!("{} 8<&- 9>&-", guarded_command(command, guest_timeout_secs)),
+        None => format!(
+            "(set -euo pipefail; eval {}) 8<&- 9>&-",
+            ansi_c_quote(command)
+        ),
     }
 }
 
@@ -212,15 +338,83 @@ pub fn output_line(command: &str, guest_timeout_secs: Option<f64>) -> String {
     )
 }
 
+/// Run first on each of testrig's lines; does something once per boot of the backdoor's bash. Descriptor 9: a pipe
+/// to a `cat` writing to the console; whatever testrig's lines send back goes through it, so that the console
+/// gets writes as large as the pipe holds instead of one per base64 line (base64's stdout on the console itself
+/// is line buffered, a tty, and each write is one slow trip through QEMU's virtio console under TCG: 3 MB took
+/// 6 s that way, 0.4 s this way). Descriptor 8: a pipe nothing ever writes to, so that `read -t` on it is a
+/// sleep without starting a program (the wait loops'). `kill -0` starts the writer again if it has gone.
+pub const WRITER_SETUP: &str = r#"{ kill -0 "${testrig_writer-}" 2>/dev/null || { exec 8<> <(:) 9> >(exec cat); testrig_writer=$!; }; }"#;
+
 /// testrig's line for one command: the base64 in lines of 76, an empty line, then the status line, in one round
-/// trip. `printf` is a bash builtin and `PIPESTATUS` is expanded before it runs, so this costs one process fewer in
-/// the guest than nixpkgs' `(base64 -w 0; echo)` subshell, which matters under TCG, where each process start-up is
-/// milliseconds. The fixed line width lets the reader notice data the console lost (`read_wrapped_output`).
+/// trip, all through the writer. `printf` is a bash builtin and `PIPESTATUS` is expanded before it runs. The
+/// fixed line width lets the reader notice data the console lost (`read_wrapped_output`).
 fn output_and_status_line(command: &str, guest_timeout_secs: Option<f64>) -> String {
     format!(
-        "{} | base64 -w {WRAP}; printf '\\n%s\\n' \"${{PIPESTATUS[0]}}\"",
-        guarded_command(command, guest_timeout_secs)
+        "{WRITER_SETUP}; {} | base64 -w {WRAP} >&9; printf '\\n%s\\n' \"${{PIPESTATUS[0]}}\" >&9",
+        isolated_command(command, guest_timeout_secs)
     )
+}
+
+/// How often a wait loop in the guest looks at a condition a bash builtin can check (`[ -e ]`, a `/dev/tcp`
+/// connection, a read of `/proc/net/unix`): cheap enough to do 20 times a second without starting a program.
+pub const WAIT_TICK_SECS: f64 = 0.05;
+
+/// One slice of a wait, run by the backdoor's bash itself: it calls `check` (the body of a bash function) every
+/// [`WAIT_TICK_SECS`] until it returns something other than 1, or until `budget` has passed (then the reply's
+/// status is 1: not yet). The reply has a command's wire format: the base64 of the file `$testrig_f` when
+/// `check` left something in it (a command's output), then the status. The host sends slices of a second or
+/// less until its deadline, so a wait ends on time and the host hears from the guest every second.
+///
+/// The loop runs in the backdoor's bash, not in a subshell, so that the state of the checks' pacing (`testrig_n`,
+/// when the last paced check ran, and `testrig_g`, the pause before the next) carries over from one slice to the
+/// next; `first` resets it. Checks that start programs pace themselves with `testrig_due` (is the pause over?)
+/// and `testrig_backoff CAP_MS` (the next pause: 100 ms, doubled each time up to CAP_MS), so that a long wait
+/// starts no more programs per second than nixpkgs' once-a-second polling, whose every attempt starts three or
+/// four. `read -t` on descriptor 8 is the pause (see [`WRITER_SETUP`]); `sleep` only if that descriptor is broken.
+pub fn wait_slice_line(check: &str, first: bool, budget: std::time::Duration) -> String {
+    let reset = if first {
+        r#"testrig_n=0; testrig_g=0; testrig_p=; : >"$testrig_f"; "#
+    } else {
+        ""
+    };
+    format!(
+        concat!(
+            "{setup}; testrig_f=/dev/shm/testrig-wait; [ -w /dev/shm ] || testrig_f=/tmp/testrig-wait; {reset}",
+            "testrig_due() {{ (( testrig_now - testrig_n >= testrig_g * 1000 )) || return 1; testrig_n=$testrig_now; }}; ",
+            "testrig_backoff() {{ testrig_g=$(( testrig_g ? testrig_g * 2 : 100 )); (( testrig_g <= $1 )) || testrig_g=$1; }}; ",
+            "testrig_c() {{ {check}; }}; ",
+            "testrig_end=$(( ${{EPOCHREALTIME/[.,]/}} + {budget_us} )); ",
+            "while :; do testrig_now=${{EPOCHREALTIME/[.,]/}}; testrig_c; testrig_s=$?; ",
+            "(( testrig_s == 1 && testrig_now < testrig_end )) || break; ",
+            "read -t {tick} -u 8 || (( $? > 128 )) || sleep {tick}; done; ",
+            r#"if (( testrig_s != 1 )) && [ -s "$testrig_f" ]; then base64 -w {wrap} <"$testrig_f" >&9; fi; "#,
+            r#"printf '\n%s\n' "$testrig_s" >&9"#
+        ),
+        setup = WRITER_SETUP,
+        reset = reset,
+        check = check,
+        budget_us = budget.as_micros(),
+        tick = WAIT_TICK_SECS,
+        wrap = WRAP,
+    )
+}
+
+/// Quotes a string as bash's `$'...'`, on one line: a multi-line command is still one line on the wire.
+pub fn ansi_c_quote(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 3);
+    out.push_str("$'");
+    for c in s.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\'' => out.push_str("\\'"),
+            '\n' => out.push_str("\\n"),
+            c if (c as u32) < 0x20 || c == '\x7f' => out.push_str(&format!("\\x{:02x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('\'');
+    out
 }
 
 /// Prints the exit status of the command of the previous line (the first element of its pipeline).
@@ -238,14 +432,15 @@ pub fn shell_quote(s: &str) -> String {
     }
 }
 
+/// A real `bash` standing in for the guest's backdoor, for the tests here and in waits.rs.
 #[cfg(test)]
-mod tests {
+pub(crate) mod test_support {
     use super::*;
     use std::process::Stdio;
     use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 
     /// A real `bash --norc` reading commands from a pipe, as the guest's reads them from /dev/hvc0.
-    async fn bash_shell(framing: Framing) -> (Child, Shell<ChildStdout, ChildStdin>) {
+    pub(crate) async fn bash_shell(framing: Framing) -> (Child, Shell<ChildStdout, ChildStdin>) {
         let mut child = Command::new("bash")
             .args([
                 "--norc",
@@ -265,6 +460,12 @@ mod tests {
         );
         (child, shell)
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::test_support::bash_shell;
+    use super::*;
 
     #[tokio::test(flavor = "current_thread")]
     async fn exact_output_and_status() {
@@ -345,8 +546,11 @@ mod tests {
         );
         assert_eq!(
             output_and_status_line("true", None),
-            r#"bash -c 'set -euo pipefail; true' | base64 -w 76; printf '\n%s\n' "${PIPESTATUS[0]}""#
+            format!(
+                r#"{WRITER_SETUP}; (set -euo pipefail; eval $'true') 8<&- 9>&- | base64 -w 76 >&9; printf '\n%s\n' "${{PIPESTATUS[0]}}" >&9"#
+            )
         );
+        assert_eq!(ansi_c_quote("it's a\\b\nc\td"), r"$'it\'s a\\b\nc\x09d'");
     }
 
     /// What the shell reads when the guest's reply is `reply`.

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
-use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::unix::OwnedWriteHalf;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::process::Command;
 use tokio::sync::{oneshot, watch, Mutex};
@@ -18,7 +18,7 @@ use super::accel;
 use super::console::Console;
 use super::monitor::Monitor;
 use super::qmp::Qmp;
-use super::shell::{Framing, Shell};
+use super::shell::{Drained, Framing, Shell};
 use crate::log;
 use crate::process::{GroupChild, TERMINATE_GRACE};
 use tracing::Instrument;
@@ -39,7 +39,7 @@ pub struct VmConfig {
     pub keep_state: bool,
 }
 
-pub type ShellConn = Shell<OwnedReadHalf, OwnedWriteHalf>;
+pub type ShellConn = Shell<Drained, OwnedWriteHalf>;
 
 /// A machine whose QEMU is running (or has just exited).
 pub struct RunningVm {
@@ -130,7 +130,10 @@ impl RunningVm {
             .await
             .context("QEMU's monitor gave no prompt")?
             .context("failed to read QEMU's monitor prompt")?;
-        let (read, write) = shell.into_split();
+        // Read on a thread of its own (see `Drained`); tokio's half only writes.
+        let read =
+            Drained::spawn(&shell, &config.name).context("failed to start the shell's reader")?;
+        let (_, write) = shell.into_split();
         Ok(RunningVm {
             shell: Mutex::new(Shell::new(read, write, Framing::from_env())),
             serial_input: Mutex::new(serial_input),
