@@ -10,7 +10,7 @@
 //! console, however small). So a command runs in a subshell of the backdoor's bash (`eval` of its text, no
 //! `bash -c`), and what goes back to the host goes through one `cat` started once per boot ([`WRITER_SETUP`]),
 //! which turns base64's line-by-line writes (a tty makes its stdout line buffered) into writes as large as the
-//! pipe holds.
+//! pipe holds. Those replies reach the host through a file QEMU appends to, not a socket ([`Drained`]).
 
 use std::io;
 
@@ -198,10 +198,11 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Shell<R, W> {
     }
 }
 
-/// A socket read on a thread of its own, into memory, as fast as the data comes. QEMU drops console data its
-/// socket cannot take (about 200 KB of it), and a guest prints megabytes in a fraction of a second: read only
-/// when the runtime (one thread, shared with everything else of the run) gets round to it, 8 MB arrived damaged
-/// on a loaded machine. The thread only waits for data and copies it; the shell decodes it at its own pace.
+/// The guest's replies as the host reads them: QEMU writes what the guest sends to `/dev/hvc0` into a regular file
+/// (`-chardev file`, see vm.rs), read here on a thread of its own as it grows. Not a socket, as nixpkgs uses: on a
+/// socket QEMU drops console data it cannot write at once (hw/char/virtio-console.c), about 200 KB of backlog,
+/// which a guest printing megabytes in a fraction of a second fills while the host waits for a CPU (8 MB
+/// arrived damaged on a loaded machine, with a reader thread of its own). A file takes every write.
 pub struct Drained {
     chunks: tokio::sync::mpsc::UnboundedReceiver<io::Result<Vec<u8>>>,
     pending: Vec<u8>,
@@ -209,14 +210,35 @@ pub struct Drained {
 }
 
 impl Drained {
-    /// Starts reading a duplicate of `socket`'s descriptor (which may be non-blocking: the thread `poll`s it).
-    /// The thread ends at end of file, on an error, or when the `Drained` is gone and more data comes.
-    pub fn spawn(socket: &impl std::os::fd::AsFd, name: &str) -> io::Result<Self> {
-        let fd = socket.as_fd().try_clone_to_owned()?;
+    /// Follows `path` from its start (like `tail -f`, woken by inotify). The thread ends on an error, or within
+    /// [`TAIL_RECHECK_MS`] of the `Drained` being dropped.
+    pub fn tail(path: &std::path::Path, name: &str) -> io::Result<Self> {
+        use std::os::unix::ffi::OsStrExt;
+        let file = std::fs::File::open(path)?;
+        // SAFETY: plain syscalls; the descriptor is owned right away.
+        let inotify = unsafe { libc::inotify_init1(libc::IN_CLOEXEC) };
+        if inotify < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `inotify` is a fresh descriptor no one else owns.
+        let inotify =
+            unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(inotify) };
+        let c_path = std::ffi::CString::new(path.as_os_str().as_bytes())?;
+        // SAFETY: valid descriptor and NUL-terminated path.
+        let watch = unsafe {
+            libc::inotify_add_watch(
+                std::os::fd::AsRawFd::as_raw_fd(&inotify),
+                c_path.as_ptr(),
+                libc::IN_MODIFY,
+            )
+        };
+        if watch < 0 {
+            return Err(io::Error::last_os_error());
+        }
         let (tx, chunks) = tokio::sync::mpsc::unbounded_channel();
         std::thread::Builder::new()
             .name(format!("shell reader {name}"))
-            .spawn(move || drain(fd, tx))?;
+            .spawn(move || follow(file, inotify, tx))?;
         Ok(Drained {
             chunks,
             pending: Vec::new(),
@@ -225,36 +247,51 @@ impl Drained {
     }
 }
 
-fn drain(fd: std::os::fd::OwnedFd, tx: tokio::sync::mpsc::UnboundedSender<io::Result<Vec<u8>>>) {
+/// How often the reader thread looks whether its `Drained` is still there when nothing is written.
+const TAIL_RECHECK_MS: i32 = 200;
+
+fn follow(
+    mut file: std::fs::File,
+    inotify: std::os::fd::OwnedFd,
+    tx: tokio::sync::mpsc::UnboundedSender<io::Result<Vec<u8>>>,
+) {
+    use std::io::Read;
     use std::os::fd::AsRawFd;
     let mut buf = vec![0u8; READ_BUFFER];
+    let mut events = [0u8; 4096];
     loop {
-        // SAFETY: `buf` is valid for its length and `fd` is open for the thread's lifetime.
-        let n = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
-        let chunk = match n {
-            0 => return, // end of file: the receiver sees the channel close
-            n if n > 0 => Ok(buf[..n as usize].to_vec()),
-            _ => {
-                let e = io::Error::last_os_error();
-                match e.kind() {
-                    io::ErrorKind::Interrupted => continue,
-                    io::ErrorKind::WouldBlock => {
-                        let mut pfd = libc::pollfd {
-                            fd: fd.as_raw_fd(),
-                            events: libc::POLLIN,
-                            revents: 0,
-                        };
-                        // SAFETY: one valid pollfd; no timeout, EINTR just loops.
-                        unsafe { libc::poll(&mut pfd, 1, -1) };
-                        continue;
+        match file.read(&mut buf) {
+            Ok(0) => {
+                if tx.is_closed() {
+                    return;
+                }
+                // Wait for a write (the watch was set before the first read, so none is missed).
+                let mut pfd = libc::pollfd {
+                    fd: inotify.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                };
+                // SAFETY: one valid pollfd; `events` is a valid buffer for the read.
+                unsafe {
+                    if libc::poll(&mut pfd, 1, TAIL_RECHECK_MS) > 0 {
+                        libc::read(
+                            inotify.as_raw_fd(),
+                            events.as_mut_ptr().cast(),
+                            events.len(),
+                        );
                     }
-                    _ => Err(e),
                 }
             }
-        };
-        let failed = chunk.is_err();
-        if tx.send(chunk).is_err() || failed {
-            return;
+            Ok(n) => {
+                if tx.send(Ok(buf[..n].to_vec())).is_err() {
+                    return;
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                let _ = tx.send(Err(e));
+                return;
+            }
         }
     }
 }
@@ -532,6 +569,31 @@ mod tests {
         // The shell is still in step after all that.
         let out = shell.run("echo $((6 * 7))", None).await.unwrap();
         assert_eq!(out.stdout, b"42\n");
+    }
+
+    /// `Drained` follows a file that another writer appends to, as QEMU's `-chardev file` does, from its start.
+    #[tokio::test(flavor = "current_thread")]
+    async fn drained_follows_a_growing_file() {
+        use std::io::Write;
+        use tokio::io::AsyncReadExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("shell.out");
+        let mut file = std::fs::File::create(&path).unwrap();
+        file.write_all(b"before\n").unwrap();
+        let mut drained = Drained::tail(&path, "test").unwrap();
+        let writer = std::thread::spawn(move || {
+            for i in 0..50u32 {
+                std::thread::sleep(std::time::Duration::from_millis(2));
+                file.write_all(format!("line {i}\n").as_bytes()).unwrap();
+            }
+        });
+        let expected: String = std::iter::once("before\n".to_owned())
+            .chain((0..50).map(|i| format!("line {i}\n")))
+            .collect();
+        let mut got = vec![0u8; expected.len()];
+        drained.read_exact(&mut got).await.unwrap();
+        assert_eq!(String::from_utf8(got).unwrap(), expected);
+        writer.join().unwrap();
     }
 
     #[test]

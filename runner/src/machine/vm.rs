@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
-use tokio::net::unix::OwnedWriteHalf;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::process::Command;
 use tokio::sync::{oneshot, watch, Mutex};
@@ -23,7 +22,7 @@ use crate::log;
 use crate::process::{GroupChild, TERMINATE_GRACE};
 use tracing::Instrument;
 
-/// How long QEMU may take to connect to the monitor and shell sockets after its start script runs.
+/// How long QEMU may take to connect to the monitor socket after its start script runs.
 const CONNECT_DEADLINE: Duration = Duration::from_secs(60);
 
 /// Everything needed to boot a machine, fixed for the run.
@@ -39,7 +38,7 @@ pub struct VmConfig {
     pub keep_state: bool,
 }
 
-pub type ShellConn = Shell<Drained, OwnedWriteHalf>;
+pub type ShellConn = Shell<Drained, tokio::net::unix::pipe::Sender>;
 
 /// A machine whose QEMU is running (or has just exited).
 pub struct RunningVm {
@@ -55,7 +54,7 @@ pub struct RunningVm {
 }
 
 impl RunningVm {
-    /// Starts the machine's QEMU and returns once QEMU has connected to the monitor and shell sockets (not when
+    /// Starts the machine's QEMU and returns once QEMU has connected to the monitor socket (not when
     /// the guest has booted: that is the shell's ready marker, awaited by the first command).
     pub async fn start(
         config: &VmConfig,
@@ -64,15 +63,30 @@ impl RunningVm {
     ) -> Result<Self> {
         prepare_state_dir(&config.state_dir, config.keep_state)?;
         let monitor_path = config.state_dir.join("monitor");
-        let shell_path = config.state_dir.join("shell");
+        let (shell_out, shell_in) = shell_paths(&config.state_dir);
         let qmp_path = config.state_dir.join("qmp");
-        for stale in [&monitor_path, &shell_path, &qmp_path] {
+        for stale in [&monitor_path, &shell_out, &shell_in, &qmp_path] {
             let _ = std::fs::remove_file(stale);
         }
         let monitor_listener = UnixListener::bind(&monitor_path)
             .with_context(|| format!("failed to listen on {}", monitor_path.display()))?;
-        let shell_listener = UnixListener::bind(&shell_path)
-            .with_context(|| format!("failed to listen on {}", shell_path.display()))?;
+        // The backdoor shell's channel (see `Drained`): QEMU appends what the guest writes to a file, and reads
+        // what the host writes from a FIFO, which the host opens first (read-write, so that neither open waits
+        // for the other side).
+        std::fs::File::create(&shell_out)
+            .with_context(|| format!("failed to create {}", shell_out.display()))?;
+        let c_in = std::ffi::CString::new(shell_in.as_os_str().as_encoded_bytes())?;
+        // SAFETY: a NUL-terminated path.
+        if unsafe { libc::mkfifo(c_in.as_ptr(), 0o600) } != 0 {
+            return Err(std::io::Error::last_os_error())
+                .with_context(|| format!("failed to create the FIFO {}", shell_in.display()));
+        }
+        let shell_writer = tokio::net::unix::pipe::OpenOptions::new()
+            .read_write(true)
+            .open_sender(&shell_in)
+            .with_context(|| format!("failed to open {}", shell_in.display()))?;
+        let shell_reader = Drained::tail(&shell_out, &config.name)
+            .with_context(|| format!("failed to follow {}", shell_out.display()))?;
 
         let mut command = Command::new(&config.start_script);
         command
@@ -113,13 +127,12 @@ impl RunningVm {
         let vm_exit = exited.clone();
         let connect = async {
             let (monitor, _) = monitor_listener.accept().await?;
-            let (shell, _) = shell_listener.accept().await?;
-            anyhow::Ok((monitor, shell))
+            anyhow::Ok(monitor)
         };
-        let (monitor, shell) = tokio::select! {
+        let monitor = tokio::select! {
             result = tokio::time::timeout(CONNECT_DEADLINE, connect) => match result {
                 Ok(conns) => conns.context("failed to accept QEMU's connection")?,
-                Err(_) => bail!("QEMU did not connect to the monitor and shell sockets within {CONNECT_DEADLINE:?}"),
+                Err(_) => bail!("QEMU did not connect to the monitor socket within {CONNECT_DEADLINE:?}"),
             },
             status = wait_exit(vm_exit) => bail!(
                 "the start script {} exited ({status}) before QEMU connected; its output is in the log above",
@@ -130,12 +143,8 @@ impl RunningVm {
             .await
             .context("QEMU's monitor gave no prompt")?
             .context("failed to read QEMU's monitor prompt")?;
-        // Read on a thread of its own (see `Drained`); tokio's half only writes.
-        let read =
-            Drained::spawn(&shell, &config.name).context("failed to start the shell's reader")?;
-        let (_, write) = shell.into_split();
         Ok(RunningVm {
-            shell: Mutex::new(Shell::new(read, write, Framing::from_env())),
+            shell: Mutex::new(Shell::new(shell_reader, shell_writer, Framing::from_env())),
             serial_input: Mutex::new(serial_input),
             monitor: Mutex::new(monitor),
             qmp: Mutex::new(None),
@@ -207,7 +216,14 @@ fn driver_arguments(state_dir: &Path, allow_reboot: bool) -> Vec<String> {
         "-monitor".into(),
         format!("unix:{}", at("monitor")),
         "-chardev".into(),
-        format!("socket,id=shell,path={}", at("shell")),
+        {
+            let (out, input) = shell_paths(state_dir);
+            format!(
+                "file,id=shell,path={},input-path={},append=on",
+                out.display(),
+                input.display()
+            )
+        },
         "-device".into(),
         "virtio-serial".into(),
         "-device".into(),
@@ -226,6 +242,11 @@ fn driver_arguments(state_dir: &Path, allow_reboot: bool) -> Vec<String> {
     // Last, so that it wins over the script's own `-machine accel=kvm:tcg`.
     args.extend(accel::start_script_args(accel::host_accel()));
     args
+}
+
+/// The backdoor shell's output file and input FIFO in a state dir.
+fn shell_paths(state_dir: &Path) -> (PathBuf, PathBuf) {
+    (state_dir.join("shell.out"), state_dir.join("shell.in"))
 }
 
 fn prepare_state_dir(dir: &Path, keep: bool) -> Result<()> {
