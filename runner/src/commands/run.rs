@@ -70,10 +70,16 @@ fn open_cache(policy: &CachePolicy) -> Option<Cache> {
 
 /// Whether `run::cached` will answer `plan` from the cache without running it (so its VMs need not be built).
 fn answered_from_cache(policy: &CachePolicy, cache: Option<&Cache>, plan: &LoadedPlan) -> bool {
-    policy.answer_with_pass
+    may_answer_from_cache(policy)
         && cache.is_some_and(|cache| {
             matches!(cache.lookup(&plan.cache_key), Lookup::Found(found) if found.entry.is_skippable_pass())
         })
+}
+
+/// As `run::cached` decides: a recorded pass answers only a run that uses the cache at all (not one with a prompt,
+/// `-I` or `--debug-on-failure`, which always runs and so needs its VMs built).
+fn may_answer_from_cache(policy: &CachePolicy) -> bool {
+    policy.answer_with_pass && policy.record
 }
 
 fn log_format(arg: LogFormatArg) -> LogFormat {
@@ -141,4 +147,21 @@ async fn load_plans(
     }
     let answered = |plan: &LoadedPlan| answered_from_cache(policy, cache, plan);
     load_sources(&sources(args), &answered).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_run_with_a_prompt_is_never_answered_from_the_cache() {
+        let policy = |answer_with_pass, record| CachePolicy {
+            enabled: true,
+            answer_with_pass,
+            record,
+        };
+        assert!(may_answer_from_cache(&policy(true, true)));
+        assert!(!may_answer_from_cache(&policy(true, false)));
+        assert!(!may_answer_from_cache(&policy(false, true)));
+    }
 }
