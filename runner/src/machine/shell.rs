@@ -130,13 +130,13 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Shell<R, W> {
         guest_timeout_secs: Option<f64>,
     ) -> io::Result<CommandOutput> {
         self.resync_if_needed().await?;
-        let stdout = match self.framing {
+        let (stdout, status_line) = match self.framing {
             Framing::OneRoundTrip => {
                 self.send(&output_and_status_line(command, guest_timeout_secs))
                     .await?;
-                let (stdout, mut received) = self.read_wrapped_output().await?;
+                let (stdout, received) = self.read_wrapped_output().await?;
                 let status_line = self.read_reply_line().await?;
-                received += status_line.len();
+                let received = received + status_line.len();
                 let sent = self.read_reply_line().await?;
                 if sent.trim().parse::<usize>().ok() != Some(received) {
                     return Err(protocol_error(format!(
@@ -145,19 +145,15 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Shell<R, W> {
                          command's output is not trustworthy"
                     )));
                 }
-                let status = status_line.trim().parse().map_err(|_| {
-                    protocol_error(format!("expected an exit status, got {status_line:.80}"))
-                })?;
-                return Ok(CommandOutput { status, stdout });
+                (stdout, status_line)
             }
             Framing::TwoRoundTrips => {
                 self.send(&output_line(command, guest_timeout_secs)).await?;
                 let stdout = self.read_output().await?;
                 self.send(STATUS_COMMAND).await?;
-                stdout
+                (stdout, self.read_reply_line().await?)
             }
         };
-        let status_line = self.read_reply_line().await?;
         let status = status_line.trim().parse().map_err(|_| {
             protocol_error(format!("expected an exit status, got {status_line:.80}"))
         })?;
